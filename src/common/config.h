@@ -1,0 +1,89 @@
+/*
+ * config - the strictmx configuration: embedded defaults, INI file (libinih).
+ *
+ * Every key is documented in docs/configuration.md. Unknown sections and keys
+ * are errors, reported as "FILE:LINE: message".
+ */
+#ifndef STRICTMX_COMMON_CONFIG_H
+#define STRICTMX_COMMON_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct strlist {
+	char **v;
+	size_t n;
+};
+
+void strlist_add(struct strlist *l, const char *s);
+void strlist_free(struct strlist *l);
+bool strlist_contains_ci(const struct strlist *l, const char *s);
+
+#define CONFIG_MAX_CERTS 4
+
+struct config_listener {
+	char host[64]; /* numeric address */
+	char port[8];
+	bool require_tls;
+};
+
+struct config {
+	char *path; /* NULL: embedded default */
+
+	/* [server] */
+	char *hostname;
+	struct config_listener *listeners;
+	size_t n_listeners;
+	char *data_dir;
+	char *tls_cert[CONFIG_MAX_CERTS];
+	char *tls_key[CONFIG_MAX_CERTS];
+	size_t n_cert, n_key;
+	struct strlist local_domains;
+	struct strlist relay_networks; /* validated CIDR strings */
+	char *info_url;
+	bool require_tls;
+	char *user;
+	bool syslog;
+	char *log_level;
+
+	/* [local_delivery] */
+	char *maildir; /* base directory; default data_dir/mail */
+	char *lmtp;    /* host:port, or NULL */
+
+	/* [tls] */
+	char *tls_protocols;    /* e.g. "TLSv1.2 TLSv1.3" */
+	char *tls_ciphers;      /* TLS 1.2 cipher list */
+	char *tls_ciphersuites; /* TLS 1.3 suites */
+	char *tls_groups;
+
+	/* [limits] */
+	size_t line_length;      /* command line, with CRLF */
+	size_t text_line_length; /* DATA line, with CRLF */
+	uint64_t message_size;
+	size_t recipients;
+	size_t connections;
+	size_t connections_per_ip;
+	unsigned timeout_command; /* seconds */
+	unsigned timeout_data;
+	unsigned timeout_tls;
+	size_t errors;
+};
+
+/* config_defaults - fill the embedded default (no file) */
+void config_defaults(struct config *c);
+/* config_load - read FILE over the defaults; -1 with "FILE:LINE: message" */
+int config_load(struct config *c, const char *path, char *err, size_t errlen);
+/* config_finish - derive what was not set (hostname, listeners, paths) */
+int config_finish(struct config *c, char *err, size_t errlen);
+void config_free(struct config *c);
+
+/* parse helpers, also used by the CLI; 0 ok, -1 bad */
+int config_parse_bool(const char *v, bool *out);
+int config_parse_size(const char *v, uint64_t *out);      /* 35M, 512, 1G */
+int config_parse_duration(const char *v, unsigned *out); /* 300, 5m, 1h */
+int config_parse_hostport(const char *v, char *host, size_t hostlen, char *port,
+			  size_t portlen);
+int config_parse_cidr(const char *v);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * delivery/maildir - durable local delivery into Maildirs.
+ *
+ * A message is first written once to a spool file (begin/write), then
+ * committed to every recipient's Maildir: fsync the spool file, hard-link (or
+ * copy, across file systems) into <base>/<domain>/<user>/tmp/, fsync, rename
+ * into new/, fsync new/ (the directory). Only when that returned 0 may the
+ * caller answer 250. On any failure every link already made for this message
+ * is removed again and -1 is returned: the caller answers 4xx and the client
+ * retries; nothing is lost and, in the normal case, nothing is duplicated.
+ */
+#ifndef STRICTMX_DELIVERY_MAILDIR_H
+#define STRICTMX_DELIVERY_MAILDIR_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+struct maildir_msg;
+
+/* maildir_begin - create a spool file under spool_dir (created 0700 if absent) */
+struct maildir_msg *maildir_begin(const char *spool_dir, char *err, size_t errlen);
+/* maildir_write - append; -1 on I/O error (err kept, later commit fails) */
+int maildir_write(struct maildir_msg *m, const void *p, size_t n);
+
+struct maildir_rcpt {
+	const char *domain; /* lowercase, validated by the caller */
+	const char *user;   /* lowercase, maildir_user_ok() */
+};
+
+/*
+ * maildir_commit - deliver to every recipient under base (directories
+ * created as needed, 0700). 0 = durable in all; -1 with err = nothing kept.
+ * The message handle is freed either way and the spool file removed.
+ */
+int maildir_commit(struct maildir_msg **m, const char *base, const struct maildir_rcpt *rcpts,
+		   size_t n, char *err, size_t errlen);
+/* maildir_abort - drop the spool file; frees and NULLs *m */
+void maildir_abort(struct maildir_msg **m);
+
+/*
+ * maildir_user_ok - a local part we can use as a directory name: 1..64 of
+ * [a-z0-9._+-] (lowercase), not starting with '.', not "..".
+ */
+int maildir_user_ok(const char *user);
+
+#endif

@@ -8,7 +8,7 @@ what=${1:-build}
 BUILD_PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
  libssl-dev libevent-dev libunbound-dev libsqlite3-dev libinih-dev libjansson-dev
  libcurl4-openssl-dev libcrypt-dev openssl ca-certificates dns-root-data"
-TEST_PKGS="libcmocka-dev swaks postfix testssl.sh python3 nsd ldnsutils unbound
+TEST_PKGS="libcmocka-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix testssl.sh python3 nsd ldnsutils unbound
  nginx faketime bsdextrautils sqlite3 procps iproute2"
 
 pkgs=$BUILD_PKGS

@@ -25,7 +25,8 @@ bool strlist_contains_ci(const struct strlist *l, const char *s);
 struct config_listener {
 	char host[64]; /* numeric address */
 	char port[8];
-	bool require_tls;
+	bool require_tls;     /* resolved by config_finish */
+	bool require_tls_set; /* set in [listener "..."], else [server] require_tls */
 };
 
 struct config {

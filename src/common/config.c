@@ -1,0 +1,571 @@
+/*
+ * config - embedded defaults and the INI file (libinih).
+ *
+ * The file is read with ini_parse_stream() through our own line reader so
+ * every error names FILE:LINE, including unknown keys (which are errors, not
+ * warnings: a typo in a security setting must not silently fall back).
+ */
+#include "common/config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "common/xmalloc.h"
+
+void strlist_add(struct strlist *l, const char *s)
+{
+	l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+	l->v[l->n++] = xstrdup(s);
+}
+
+void strlist_free(struct strlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+bool strlist_contains_ci(const struct strlist *l, const char *s)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcasecmp(l->v[i], s) == 0)
+			return true;
+	return false;
+}
+
+static void set_str(char **dst, const char *v)
+{
+	free(*dst);
+	*dst = xstrdup(v);
+}
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->require_tls = true;
+	c->line_length = 512;
+	c->text_line_length = 1000;
+	c->message_size = 36700160; /* 35 MiB, advertised in SIZE */
+	c->recipients = 1000;
+	c->connections = 1000;
+	c->connections_per_ip = 50;
+	c->timeout_command = 300; /* RFC 5321 §4.5.3.2.7: at least 5 minutes */
+	c->timeout_data = 600;    /* §4.5.3.2.6 (client side 10 min) */
+	c->timeout_tls = 60;
+	c->errors = 20;
+}
+
+void config_free(struct config *c)
+{
+	char **strs[] = {&c->path,         &c->hostname,      &c->data_dir,
+			 &c->info_url,     &c->user,          &c->log_level,
+			 &c->maildir,      &c->lmtp,          &c->tls_protocols,
+			 &c->tls_ciphers,  &c->tls_ciphersuites, &c->tls_groups};
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		free(*strs[i]);
+		*strs[i] = NULL;
+	}
+	for (size_t i = 0; i < CONFIG_MAX_CERTS; i++) {
+		free(c->tls_cert[i]);
+		free(c->tls_key[i]);
+	}
+	free(c->listeners);
+	strlist_free(&c->local_domains);
+	strlist_free(&c->relay_networks);
+	memset(c, 0, sizeof(*c));
+}
+
+int config_parse_bool(const char *v, bool *out)
+{
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") ||
+	    !strcasecmp(v, "on")) {
+		*out = true;
+		return 0;
+	}
+	if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+	    !strcasecmp(v, "off")) {
+		*out = false;
+		return 0;
+	}
+	return -1;
+}
+
+static int parse_number(const char *v, const char *suffixes, const uint64_t *mults,
+			uint64_t *out)
+{
+	char *end;
+	if (!isdigit((unsigned char)*v))
+		return -1;
+	errno = 0;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (errno)
+		return -1;
+	uint64_t mult = 1;
+	if (*end) {
+		const char *s = strchr(suffixes, tolower((unsigned char)*end));
+		if (s == NULL || end[1] != '\0')
+			return -1;
+		mult = mults[s - suffixes];
+	}
+	if (n > UINT64_MAX / mult)
+		return -1;
+	*out = (uint64_t)n * mult;
+	return 0;
+}
+
+int config_parse_size(const char *v, uint64_t *out)
+{
+	static const uint64_t m[] = {1024ULL, 1024ULL * 1024, 1024ULL * 1024 * 1024};
+	return parse_number(v, "kmg", m, out);
+}
+
+int config_parse_duration(const char *v, unsigned *out)
+{
+	static const uint64_t m[] = {1, 60, 3600, 86400};
+	uint64_t n;
+	if (parse_number(v, "smhd", m, &n) < 0 || n == 0 || n > 30 * 86400)
+		return -1;
+	*out = (unsigned)n;
+	return 0;
+}
+
+int config_parse_hostport(const char *v, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	const char *colon;
+	size_t hl;
+	if (v[0] == '[') { /* [::1]:25 */
+		const char *rb = strchr(v, ']');
+		if (rb == NULL || rb[1] != ':')
+			return -1;
+		hl = (size_t)(rb - v - 1);
+		v++;
+		colon = rb + 1;
+	} else {
+		colon = strrchr(v, ':');
+		if (colon == NULL)
+			return -1;
+		hl = (size_t)(colon - v);
+	}
+	if (hl == 0 || hl >= hostlen)
+		return -1;
+	memcpy(host, v, hl);
+	host[hl] = '\0';
+	const char *p = colon + 1;
+	size_t pl = strlen(p);
+	if (pl == 0 || pl >= portlen || strspn(p, "0123456789") != pl)
+		return -1;
+	long pn = strtol(p, NULL, 10);
+	if (pn < 1 || pn > 65535)
+		return -1;
+	memcpy(port, p, pl + 1);
+	unsigned char buf[16];
+	if (inet_pton(AF_INET, host, buf) != 1 && inet_pton(AF_INET6, host, buf) != 1)
+		return -1;
+	return 0;
+}
+
+int config_parse_cidr(const char *v)
+{
+	char addr[64];
+	const char *slash = strchr(v, '/');
+	size_t al = slash ? (size_t)(slash - v) : strlen(v);
+	if (al == 0 || al >= sizeof(addr))
+		return -1;
+	memcpy(addr, v, al);
+	addr[al] = '\0';
+	unsigned char buf[16];
+	int maxbits;
+	if (inet_pton(AF_INET, addr, buf) == 1)
+		maxbits = 32;
+	else if (inet_pton(AF_INET6, addr, buf) == 1)
+		maxbits = 128;
+	else
+		return -1;
+	if (slash) {
+		const char *b = slash + 1;
+		if (*b == '\0' || strspn(b, "0123456789") != strlen(b) || strlen(b) > 3)
+			return -1;
+		if (atoi(b) > maxbits)
+			return -1;
+	}
+	return 0;
+}
+
+/* Parser state: our reader counts lines so every message can name one. */
+struct parse_ctx {
+	struct config *c;
+	FILE *fp;
+	int line;
+	char *err;
+	size_t errlen;
+	bool failed;
+	size_t cur_listener; /* index, inside [listener "..."] */
+	char cur_section[160];
+};
+
+static int perr(struct parse_ctx *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int perr(struct parse_ctx *p, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (!p->failed)
+		snprintf(p->err, p->errlen, "%s:%d: %s", p->c->path, p->line, msg);
+	p->failed = true;
+	return 0;
+}
+
+static char *reader(char *str, int num, void *stream)
+{
+	struct parse_ctx *p = stream;
+	char *r = fgets(str, num, p->fp);
+	if (r != NULL && strchr(str, '\n') != NULL)
+		p->line++;
+	else if (r != NULL && feof(p->fp))
+		p->line++;
+	return r;
+}
+
+static struct config_listener *add_listener(struct config *c, const char *host, const char *port)
+{
+	for (size_t i = 0; i < c->n_listeners; i++)
+		if (!strcmp(c->listeners[i].host, host) && !strcmp(c->listeners[i].port, port))
+			return &c->listeners[i];
+	c->listeners = xrealloc(c->listeners, (c->n_listeners + 1) * sizeof(*c->listeners));
+	struct config_listener *l = &c->listeners[c->n_listeners++];
+	memset(l, 0, sizeof(*l));
+	snprintf(l->host, sizeof(l->host), "%s", host);
+	snprintf(l->port, sizeof(l->port), "%s", port);
+	return l;
+}
+
+/* split a comma/space separated value; calls fn for each non-empty item */
+static int each_item(struct parse_ctx *p, const char *v, const char *key,
+		     int (*fn)(struct parse_ctx *, const char *, const char *))
+{
+	char *copy = xstrdup(v), *save = NULL;
+	int ok = 1;
+	for (char *t = strtok_r(copy, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+		if (!fn(p, key, t)) {
+			ok = 0;
+			break;
+		}
+	free(copy);
+	return ok;
+}
+
+static int item_listen(struct parse_ctx *p, const char *key, const char *t)
+{
+	char host[64], port[8];
+	if (config_parse_hostport(t, host, sizeof(host), port, sizeof(port)) < 0)
+		return perr(p, "%s: bad address '%s' (expected ADDR:PORT, e.g. 0.0.0.0:25 or "
+			       "[::]:25)", key, t);
+	add_listener(p->c, host, port);
+	return 1;
+}
+
+static int valid_domain(const char *d)
+{
+	size_t n = strlen(d), label = 0;
+	if (n == 0 || n > 253)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)d[i];
+		if (ch == '.') {
+			if (label == 0)
+				return 0;
+			label = 0;
+		} else if (isalnum(ch) || ch == '-') {
+			if (++label > 63)
+				return 0;
+		} else {
+			return 0;
+		}
+	}
+	return label > 0;
+}
+
+static int item_domain(struct parse_ctx *p, const char *key, const char *t)
+{
+	if (!valid_domain(t))
+		return perr(p, "%s: bad domain '%s'", key, t);
+	char *low = xstrdup(t);
+	for (char *q = low; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	strlist_add(&p->c->local_domains, low);
+	free(low);
+	return 1;
+}
+
+static int item_cidr(struct parse_ctx *p, const char *key, const char *t)
+{
+	if (config_parse_cidr(t) < 0)
+		return perr(p, "%s: bad network '%s' (expected ADDR or ADDR/BITS)", key, t);
+	strlist_add(&p->c->relay_networks, t);
+	return 1;
+}
+
+static int set_bool(struct parse_ctx *p, const char *key, const char *v, bool *out)
+{
+	if (config_parse_bool(v, out) < 0)
+		return perr(p, "%s: expected yes or no, got '%s'", key, v);
+	return 1;
+}
+
+static int set_count(struct parse_ctx *p, const char *key, const char *v, size_t lo, size_t hi,
+		     size_t *out)
+{
+	uint64_t n;
+	if (config_parse_size(v, &n) < 0 || n < lo || n > hi)
+		return perr(p, "%s: expected a number from %zu to %zu, got '%s'", key, lo, hi, v);
+	*out = (size_t)n;
+	return 1;
+}
+
+static int set_duration(struct parse_ctx *p, const char *key, const char *v, unsigned *out)
+{
+	if (config_parse_duration(v, out) < 0)
+		return perr(p, "%s: expected a duration such as 300, 5m or 1h, got '%s'", key, v);
+	return 1;
+}
+
+static int handle_server(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (!strcmp(k, "hostname")) {
+		if (!valid_domain(v))
+			return perr(p, "hostname: '%s' is not a valid host name", v);
+		set_str(&c->hostname, v);
+	} else if (!strcmp(k, "listen")) {
+		return each_item(p, v, k, item_listen);
+	} else if (!strcmp(k, "data_dir")) {
+		if (*v == '\0')
+			return perr(p, "data_dir: empty");
+		set_str(&c->data_dir, v);
+	} else if (!strcmp(k, "tls_cert")) {
+		if (c->n_cert >= CONFIG_MAX_CERTS)
+			return perr(p, "tls_cert: at most %d certificates", CONFIG_MAX_CERTS);
+		c->tls_cert[c->n_cert++] = xstrdup(v);
+	} else if (!strcmp(k, "tls_key")) {
+		if (c->n_key >= CONFIG_MAX_CERTS)
+			return perr(p, "tls_key: at most %d keys", CONFIG_MAX_CERTS);
+		c->tls_key[c->n_key++] = xstrdup(v);
+	} else if (!strcmp(k, "local_domains")) {
+		return each_item(p, v, k, item_domain);
+	} else if (!strcmp(k, "relay_networks")) {
+		return each_item(p, v, k, item_cidr);
+	} else if (!strcmp(k, "info_url")) {
+		if (strncmp(v, "https://", 8) && strncmp(v, "http://", 7))
+			return perr(p, "info_url: expected an http(s):// URL, got '%s'", v);
+		if (strpbrk(v, " \t\r\n<>") != NULL || strlen(v) > 200)
+			return perr(p, "info_url: must be a URL without spaces, under 200 chars");
+		set_str(&c->info_url, v);
+	} else if (!strcmp(k, "require_tls")) {
+		return set_bool(p, k, v, &c->require_tls);
+	} else if (!strcmp(k, "user")) {
+		set_str(&c->user, v);
+	} else if (!strcmp(k, "syslog")) {
+		return set_bool(p, k, v, &c->syslog);
+	} else if (!strcmp(k, "log_level")) {
+		if (strcmp(v, "debug") && strcmp(v, "info") && strcmp(v, "warning") &&
+		    strcmp(v, "error"))
+			return perr(p, "log_level: expected debug, info, warning or error");
+		set_str(&c->log_level, v);
+	} else {
+		return perr(p, "unknown key '%s' in [server]", k);
+	}
+	return 1;
+}
+
+static int handle_local_delivery(struct parse_ctx *p, const char *k, const char *v)
+{
+	char host[64], port[8];
+	if (!strcmp(k, "maildir")) {
+		if (*v != '/')
+			return perr(p, "maildir: expected an absolute directory, got '%s'", v);
+		set_str(&p->c->maildir, v);
+	} else if (!strcmp(k, "lmtp")) {
+		if (config_parse_hostport(v, host, sizeof(host), port, sizeof(port)) < 0)
+			return perr(p, "lmtp: bad address '%s' (expected ADDR:PORT)", v);
+		set_str(&p->c->lmtp, v);
+	} else {
+		return perr(p, "unknown key '%s' in [local_delivery]", k);
+	}
+	return 1;
+}
+
+static int handle_tls(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (!strcmp(k, "protocols")) {
+		char *copy = xstrdup(v), *save = NULL;
+		for (char *t = strtok_r(copy, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+			if (strcmp(t, "TLSv1.2") && strcmp(t, "TLSv1.3")) {
+				perr(p, "protocols: '%s' is not allowed (TLSv1.2, TLSv1.3)", t);
+				free(copy);
+				return 0;
+			}
+		free(copy);
+		set_str(&c->tls_protocols, v);
+	} else if (!strcmp(k, "ciphers")) {
+		set_str(&c->tls_ciphers, v);
+	} else if (!strcmp(k, "ciphersuites")) {
+		set_str(&c->tls_ciphersuites, v);
+	} else if (!strcmp(k, "groups")) {
+		set_str(&c->tls_groups, v);
+	} else {
+		return perr(p, "unknown key '%s' in [tls]", k);
+	}
+	return 1;
+}
+
+static int handle_limits(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (!strcmp(k, "line_length"))
+		return set_count(p, k, v, 512, 65536, &c->line_length);
+	if (!strcmp(k, "text_line_length"))
+		return set_count(p, k, v, 1000, 1048576, &c->text_line_length);
+	if (!strcmp(k, "message_size")) {
+		uint64_t n;
+		if (config_parse_size(v, &n) < 0 || n < 1024 || n > (1ULL << 40))
+			return perr(p, "message_size: expected a size from 1K to 1T, got '%s'", v);
+		c->message_size = n;
+		return 1;
+	}
+	if (!strcmp(k, "recipients"))
+		return set_count(p, k, v, 1, 100000, &c->recipients);
+	if (!strcmp(k, "connections"))
+		return set_count(p, k, v, 1, 1000000, &c->connections);
+	if (!strcmp(k, "connections_per_ip"))
+		return set_count(p, k, v, 1, 1000000, &c->connections_per_ip);
+	if (!strcmp(k, "errors"))
+		return set_count(p, k, v, 1, 1000, &c->errors);
+	if (!strcmp(k, "timeout_command"))
+		return set_duration(p, k, v, &c->timeout_command);
+	if (!strcmp(k, "timeout_data"))
+		return set_duration(p, k, v, &c->timeout_data);
+	if (!strcmp(k, "timeout_tls"))
+		return set_duration(p, k, v, &c->timeout_tls);
+	return perr(p, "unknown key '%s' in [limits]", k);
+}
+
+static int handle_listener(struct parse_ctx *p, const char *k, const char *v)
+{
+	if (!strcmp(k, "require_tls")) {
+		struct config_listener *l = &p->c->listeners[p->cur_listener];
+		l->require_tls_set = true;
+		return set_bool(p, k, v, &l->require_tls);
+	}
+	return perr(p, "unknown key '%s' in [listener]", k);
+}
+
+/* [listener "ADDR:PORT"]: inih hands us the section name with its quotes */
+static int enter_listener(struct parse_ctx *p, const char *section)
+{
+	char name[128], host[64], port[8];
+	size_t n = strlen(section);
+	if (n < 12 || n - 10 >= sizeof(name) || section[9] != '"' || section[n - 1] != '"')
+		return perr(p, "bad section [%s] (expected [listener \"ADDR:PORT\"])", section);
+	memcpy(name, section + 10, n - 11);
+	name[n - 11] = '\0';
+	if (config_parse_hostport(name, host, sizeof(host), port, sizeof(port)) < 0)
+		return perr(p, "listener: bad address '%s'", name);
+	p->cur_listener = (size_t)(add_listener(p->c, host, port) - p->c->listeners);
+	return 1;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct parse_ctx *p = user;
+	if (p->failed)
+		return 0;
+	if (name == NULL) /* new section (INI_CALL_HANDLER_ON_NEW_SECTION builds) */
+		return 1;
+	if (strncmp(section, "listener ", 9) != 0)
+		p->cur_section[0] = '\0';
+	if (!strcmp(section, "server"))
+		return handle_server(p, name, value);
+	if (!strcmp(section, "local_delivery"))
+		return handle_local_delivery(p, name, value);
+	if (!strcmp(section, "tls"))
+		return handle_tls(p, name, value);
+	if (!strcmp(section, "limits"))
+		return handle_limits(p, name, value);
+	if (!strncmp(section, "listener ", 9)) {
+		/* listeners are indexed by position: find it again on a new section */
+		if (strcmp(p->cur_section, section) != 0) {
+			snprintf(p->cur_section, sizeof(p->cur_section), "%s", section);
+			if (!enter_listener(p, section))
+				return 0;
+		}
+		return handle_listener(p, name, value);
+	}
+	if (*section == '\0')
+		return perr(p, "key '%s' outside of any section", name);
+	return perr(p, "unknown section [%s]", section);
+}
+
+int config_load(struct config *c, const char *path, char *err, size_t errlen)
+{
+	struct parse_ctx p = {.c = c, .err = err, .errlen = errlen};
+	set_str(&c->path, path);
+	p.fp = fopen(path, "r");
+	if (p.fp == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	int rc = ini_parse_stream(reader, &p, handler, &p);
+	fclose(p.fp);
+	if (p.failed)
+		return -1;
+	if (rc != 0) {
+		snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)",
+			 path, rc > 0 ? rc : p.line);
+		return -1;
+	}
+	return 0;
+}
+
+int config_finish(struct config *c, char *err, size_t errlen)
+{
+	if (c->hostname == NULL) {
+		char h[256];
+		if (gethostname(h, sizeof(h)) < 0 || !valid_domain(h))
+			snprintf(h, sizeof(h), "localhost");
+		h[sizeof(h) - 1] = '\0';
+		c->hostname = xstrdup(h);
+	}
+	if (c->n_listeners == 0)
+		add_listener(c, "127.0.0.1", "2525");
+	for (size_t i = 0; i < c->n_listeners; i++)
+		if (!c->listeners[i].require_tls_set)
+			c->listeners[i].require_tls = c->require_tls;
+	if (c->data_dir == NULL)
+		c->data_dir = xstrdup("./var");
+	if (c->local_domains.n == 0)
+		strlist_add(&c->local_domains, "localhost");
+	if (c->maildir == NULL)
+		c->maildir = xasprintf("%s/mail", c->data_dir);
+	if (c->user == NULL)
+		c->user = xstrdup("nobody");
+	if (c->n_cert != c->n_key) {
+		snprintf(err, errlen, "%s: tls_cert and tls_key must come in pairs (%zu certs, %zu "
+				      "keys)", c->path ? c->path : "config", c->n_cert, c->n_key);
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,559 @@
+/*
+ * inbound/server - libevent glue for inbound sessions; see server.h.
+ *
+ * The session (inbound/session.c) decides everything; this file only moves
+ * bytes, starts TLS when asked, and commits messages. The rules that need the
+ * socket live here:
+ *  - STARTTLS: the input buffer must be empty when the handshake starts
+ *    (checked again here, after the session's own check), and the 220 goes
+ *    out in plaintext before the TLS filter takes over the connection.
+ *  - Backpressure: a client that pipelines without reading replies stops
+ *    being read once OUT_HIGH bytes of replies wait for it.
+ *  - Connection limits are applied at accept, before any byte is read.
+ */
+#include "inbound/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "delivery/maildir.h"
+#include "inbound/session.h"
+#include "tls/server.h"
+
+#define IN_CHUNK   65536         /* bytes handed to the session at once */
+#define OUT_HIGH   (256 * 1024)  /* stop reading while this much output waits */
+#define SPOOL_BUF  65536         /* spool writes are batched */
+
+struct conn {
+	struct inbound_server *srv;
+	struct conn *prev, *next;
+	struct bufferevent *bev;
+	struct inbound_session *sess;
+	const struct config_listener *lst;
+	uint64_t id;
+	char ip[INET6_ADDRSTRLEN];
+	evutil_socket_t fd;
+	bool tls;
+	bool tls_pending; /* 220 sent, waiting for it to leave before the switch */
+	bool handshaking;
+	bool closing;
+	bool read_paused;
+	struct maildir_msg *msg;
+	char *spool_buf;
+	size_t spool_len;
+	bool spool_err;
+	time_t started;
+};
+
+struct inbound_server {
+	struct event_base *base;
+	const struct config *cfg;
+	SSL_CTX *tls;
+	struct evconnlistener **listeners;
+	const struct config_listener **listener_cfg;
+	size_t n_listeners;
+	struct conn *conns;
+	size_t n_conns;
+	uint64_t next_id;
+	char *spool_dir;
+};
+
+static void conn_process(struct conn *c);
+static void conn_free(struct conn *c);
+
+/* ---- the spool sink: content goes to a spool file, batched ---- */
+
+static int sink_begin(void *ctx)
+{
+	struct conn *c = ctx;
+	char err[256];
+	maildir_abort(&c->msg);
+	c->msg = maildir_begin(c->srv->spool_dir, err, sizeof(err));
+	if (c->msg == NULL) {
+		log_err("event=spool_error sid=%016" PRIx64 " error=\"%s\"", c->id, err);
+		return -1;
+	}
+	c->spool_len = 0;
+	c->spool_err = false;
+	return 0;
+}
+
+static void spool_flush(struct conn *c)
+{
+	if (c->spool_len && c->msg && maildir_write(c->msg, c->spool_buf, c->spool_len) < 0)
+		c->spool_err = true;
+	c->spool_len = 0;
+}
+
+static void sink_write(void *ctx, const void *p, size_t n)
+{
+	struct conn *c = ctx;
+	if (c->msg == NULL)
+		return;
+	if (c->spool_len + n > SPOOL_BUF)
+		spool_flush(c);
+	if (n >= SPOOL_BUF) {
+		if (maildir_write(c->msg, p, n) < 0)
+			c->spool_err = true;
+		return;
+	}
+	memcpy(c->spool_buf + c->spool_len, p, n);
+	c->spool_len += n;
+}
+
+static void sink_abort(void *ctx)
+{
+	struct conn *c = ctx;
+	c->spool_len = 0;
+	maildir_abort(&c->msg);
+}
+
+/* conn_store - commit the message to every recipient's Maildir, durably */
+static void conn_store(struct conn *c)
+{
+	struct inbound_envelope env;
+	char err[512];
+	inbound_session_envelope(c->sess, &env);
+	spool_flush(c);
+
+	struct maildir_rcpt *r = xcalloc(env.n_rcpts, sizeof(*r));
+	char (*users)[SMTP_LOCAL_MAX * 2 + 3] = xcalloc(env.n_rcpts, sizeof(*users));
+	char (*domains)[SMTP_DOMAIN_MAX + 1] = xcalloc(env.n_rcpts, sizeof(*domains));
+	for (size_t i = 0; i < env.n_rcpts; i++) {
+		inbound_session_local_rcpt(&c->srv->cfg->local_domains, &env.rcpts[i], users[i],
+					   sizeof(users[i]), domains[i], sizeof(domains[i]));
+		r[i].user = users[i];
+		r[i].domain = domains[i];
+	}
+	int rc = -1;
+	if (c->spool_err) {
+		snprintf(err, sizeof(err), "spool write failed");
+		maildir_abort(&c->msg);
+	} else {
+		rc = maildir_commit(&c->msg, c->srv->cfg->maildir, r, env.n_rcpts, err,
+				    sizeof(err));
+	}
+	char from[SMTP_PATH_MAX * 4 + 4];
+	log_escape(env.from->addr, strlen(env.from->addr), from, sizeof(from));
+	if (rc == 0) {
+		log_info("event=delivered sid=%016" PRIx64 " id=%s from=<%s> rcpts=%zu size=%" PRIu64
+			 " tls=%s status=2.0.0",
+			 c->id, env.queue_id, from, env.n_rcpts, env.size, env.tls ? "yes" : "no");
+		inbound_session_store_done(c->sess, NULL);
+	} else {
+		struct smtp_reply rep;
+		log_err("event=store_failed sid=%016" PRIx64 " id=%s error=\"%s\" status=4.3.0",
+			c->id, env.queue_id, err);
+		smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
+		inbound_session_store_done(c->sess, &rep);
+	}
+	free(r);
+	free(users);
+	free(domains);
+}
+
+/* ---- connection I/O ---- */
+
+static void conn_flush_output(struct conn *c)
+{
+	size_t len;
+	const char *out = inbound_session_output(c->sess, &len);
+	if (len) {
+		bufferevent_write(c->bev, out, len);
+		inbound_session_output_clear(c->sess);
+	}
+}
+
+static void conn_set_timeouts(struct conn *c)
+{
+	const struct config *cfg = c->srv->cfg;
+	unsigned secs = c->handshaking                      ? cfg->timeout_tls
+			: inbound_session_in_data(c->sess) ? cfg->timeout_data
+							   : cfg->timeout_command;
+	struct timeval tv = {.tv_sec = secs};
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+static void conn_close_when_flushed(struct conn *c)
+{
+	c->closing = true;
+	bufferevent_disable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_free(c);
+	/* else write_cb frees it once the last reply has left */
+}
+
+static void read_cb(struct bufferevent *bev, void *arg);
+static void write_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/*
+ * conn_start_tls - after the 220 has left: replace the plaintext bufferevent
+ * by a TLS one on the same socket. Reading was stopped when STARTTLS was
+ * accepted, so the client's ClientHello is still in the kernel; bytes that
+ * did reach our buffer arrived with STARTTLS itself: injection, never run.
+ */
+static void conn_start_tls(struct conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	c->tls_pending = false;
+	if (evbuffer_get_length(in) > 0) {
+		log_info("event=starttls_injection sid=%016" PRIx64 " bytes=%zu", c->id,
+			 evbuffer_get_length(in));
+		conn_free(c);
+		return;
+	}
+	SSL *ssl = SSL_new(c->srv->tls);
+	if (ssl == NULL) {
+		log_err("event=tls_error sid=%016" PRIx64 " error=SSL_new", c->id);
+		conn_free(c);
+		return;
+	}
+	bufferevent_free(c->bev);
+	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl,
+						BUFFEREVENT_SSL_ACCEPTING, 0);
+	if (c->bev == NULL) {
+		log_err("event=tls_error sid=%016" PRIx64 " error=bufferevent", c->id);
+		SSL_free(ssl);
+		conn_free(c);
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+	c->handshaking = true;
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	conn_set_timeouts(c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* conn_want_tls - the session accepted STARTTLS: stop reading, send the 220 */
+static void conn_want_tls(struct conn *c)
+{
+	bufferevent_disable(c->bev, EV_READ);
+	c->tls_pending = true;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_start_tls(c);
+	/* else write_cb switches once the 220 has been written */
+}
+
+static void conn_tls_done(struct conn *c)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+	char desc[128];
+	tls_describe(ssl, desc, sizeof(desc));
+	c->handshaking = false;
+	c->tls = true;
+	log_info("event=tls sid=%016" PRIx64 " ip=%s protocol=%s cipher=%s", c->id, c->ip,
+		 SSL_get_version(ssl), SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+	inbound_session_tls_started(c->sess, desc);
+	conn_set_timeouts(c);
+	conn_process(c);
+}
+
+/* conn_process - feed input to the session and carry out its actions */
+static void conn_process(struct conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	for (;;) {
+		enum inbound_action act = inbound_session_action(c->sess);
+		if (act == INBOUND_NONE) {
+			size_t len = evbuffer_get_length(in);
+			if (len == 0)
+				break;
+			if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH) {
+				/* the client does not read its replies: wait for it */
+				c->read_paused = true;
+				bufferevent_disable(c->bev, EV_READ);
+				break;
+			}
+			size_t n = len < IN_CHUNK ? len : IN_CHUNK;
+			const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+			size_t used = inbound_session_input(c->sess, p, n);
+			evbuffer_drain(in, used);
+			conn_flush_output(c);
+			act = inbound_session_action(c->sess);
+			if (used == 0 && act == INBOUND_NONE)
+				break; /* an incomplete line: wait for more */
+		}
+		conn_flush_output(c);
+		switch (act) {
+		case INBOUND_NONE:
+			continue;
+		case INBOUND_STORE:
+			conn_store(c);
+			conn_flush_output(c);
+			continue;
+		case INBOUND_STARTTLS:
+			conn_want_tls(c);
+			return;
+		case INBOUND_CLOSE:
+			conn_close_when_flushed(c);
+			return;
+		}
+	}
+	conn_set_timeouts(c);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	if (c->closing || c->handshaking || c->tls_pending)
+		return;
+	conn_process(c);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	if (c->closing) {
+		conn_free(c);
+		return;
+	}
+	if (c->tls_pending) {
+		conn_start_tls(c);
+		return;
+	}
+	if (c->read_paused) {
+		c->read_paused = false;
+		bufferevent_enable(c->bev, EV_READ);
+		conn_process(c);
+	}
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		if (c->handshaking)
+			conn_tls_done(c);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
+			 c->handshaking ? "tls" : inbound_session_in_data(c->sess) ? "data" : "command");
+		if (c->handshaking || c->closing) {
+			conn_free(c);
+			return;
+		}
+		inbound_session_timeout(c->sess);
+		conn_flush_output(c);
+		bufferevent_enable(c->bev, EV_WRITE);
+		struct timeval tv = {.tv_sec = 10};
+		bufferevent_set_timeouts(c->bev, NULL, &tv);
+		conn_close_when_flushed(c);
+		return;
+	}
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (c->handshaking || (what & BEV_EVENT_ERROR)) {
+			unsigned long e = bufferevent_get_openssl_error(bev);
+			char buf[256] = "";
+			if (e)
+				ERR_error_string_n(e, buf, sizeof(buf));
+			log_info("event=%s sid=%016" PRIx64 " ip=%s%s%s%s",
+				 c->handshaking ? "tls_failed" : "conn_error", c->id, c->ip,
+				 buf[0] ? " error=\"" : "", buf, buf[0] ? "\"" : "");
+		}
+		conn_free(c);
+	}
+}
+
+static void conn_free(struct conn *c)
+{
+	struct inbound_server *srv = c->srv;
+	log_info("event=disconnect sid=%016" PRIx64 " ip=%s duration=%ld", c->id, c->ip,
+		 (long)(time(NULL) - c->started));
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	srv->n_conns--;
+	inbound_session_free(&c->sess);
+	maildir_abort(&c->msg);
+	if (c->bev) {
+		SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+		if (ssl)
+			SSL_shutdown(ssl); /* close_notify, best effort */
+		bufferevent_free(c->bev);
+	}
+	evutil_closesocket(c->fd);
+	free(c->spool_buf);
+	free(c);
+}
+
+static void reject_connection(evutil_socket_t fd, const char *host, const char *why)
+{
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: %s\r\n", host, why);
+	/* best effort: the socket is new, its buffer is empty */
+	if (send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		(void)0;
+	evutil_closesocket(fd);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+		      int salen, void *arg)
+{
+	struct inbound_server *srv = arg;
+	const struct config *cfg = srv->cfg;
+	char ip[INET6_ADDRSTRLEN] = "unknown";
+
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof(ip));
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof(ip));
+
+	if (srv->n_conns >= cfg->connections) {
+		log_warn("event=reject ip=%s reason=too_many_connections total=%zu", ip,
+			 srv->n_conns);
+		reject_connection(fd, cfg->hostname, "too many connections");
+		return;
+	}
+	size_t same = 0;
+	for (struct conn *o = srv->conns; o; o = o->next)
+		if (strcmp(o->ip, ip) == 0)
+			same++;
+	if (same >= cfg->connections_per_ip) {
+		log_warn("event=reject ip=%s reason=too_many_connections_from_ip count=%zu", ip,
+			 same);
+		char why[128];
+		snprintf(why, sizeof(why), "too many connections from %s", ip);
+		reject_connection(fd, cfg->hostname, why);
+		return;
+	}
+
+	const struct config_listener *lc = NULL;
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		if (srv->listeners[i] == l)
+			lc = srv->listener_cfg[i];
+
+	struct conn *c = xcalloc(1, sizeof(*c));
+	c->srv = srv;
+	c->lst = lc;
+	c->id = srv->next_id++;
+	c->started = time(NULL);
+	snprintf(c->ip, sizeof(c->ip), "%s", ip);
+	c->spool_buf = xmalloc(SPOOL_BUF);
+	c->fd = fd;
+	/* not CLOSE_ON_FREE: the socket outlives the plaintext bufferevent */
+	c->bev = bufferevent_socket_new(srv->base, fd, 0);
+	if (c->bev == NULL) {
+		evutil_closesocket(fd);
+		free(c->spool_buf);
+		free(c);
+		return;
+	}
+	struct inbound_params p = {
+		.hostname = cfg->hostname,
+		.info_url = cfg->info_url,
+		.require_tls = lc ? lc->require_tls : cfg->require_tls,
+		.tls_available = srv->tls != NULL,
+		.local_domains = &cfg->local_domains,
+		.line_max = cfg->line_length,
+		.text_line_max = cfg->text_line_length,
+		.size_max = cfg->message_size,
+		.rcpt_max = cfg->recipients,
+		.errors_max = cfg->errors,
+		.peer_ip = c->ip,
+		.id = c->id,
+		.sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
+	};
+	c->sess = inbound_session_new(&p);
+	c->next = srv->conns;
+	if (srv->conns)
+		srv->conns->prev = c;
+	srv->conns = c;
+	srv->n_conns++;
+	log_info("event=connect sid=%016" PRIx64 " ip=%s listener=%s:%s require_tls=%s", c->id,
+		 ip, lc ? lc->host : "?", lc ? lc->port : "?", p.require_tls ? "yes" : "no");
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	inbound_session_greet(c->sess);
+	conn_flush_output(c);
+	conn_set_timeouts(c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	log_err("event=accept_error error=\"%s\"", evutil_socket_error_to_string(err));
+	/* EMFILE and friends: listening goes on; existing sessions finish and
+	 * free descriptors. (A pause-and-retry timer is issue 6 material.) */
+}
+
+struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
+					  SSL_CTX *tls, char *err, size_t errlen)
+{
+	struct inbound_server *srv = xcalloc(1, sizeof(*srv));
+	srv->base = base;
+	srv->cfg = c;
+	srv->tls = tls;
+	srv->spool_dir = xasprintf("%s/spool", c->data_dir);
+	srv->next_id = ((uint64_t)time(NULL) << 20) ^ ((uint64_t)getpid() << 40);
+	srv->listeners = xcalloc(c->n_listeners, sizeof(*srv->listeners));
+	srv->listener_cfg = xcalloc(c->n_listeners, sizeof(*srv->listener_cfg));
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		const struct config_listener *lc = &c->listeners[i];
+		struct sockaddr_storage ss;
+		int sslen = sizeof(ss);
+		char spec[128];
+		snprintf(spec, sizeof(spec), strchr(lc->host, ':') ? "[%s]:%s" : "%s:%s", lc->host,
+			 lc->port);
+		memset(&ss, 0, sizeof(ss));
+		if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) < 0) {
+			snprintf(err, errlen, "listen %s: bad address", spec);
+			inbound_server_free(&srv);
+			return NULL;
+		}
+		/* No LEV_OPT_DEFERRED_ACCEPT: the server speaks first in SMTP. */
+		struct evconnlistener *l = evconnlistener_new_bind(
+			base, accept_cb, srv,
+			LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
+			(struct sockaddr *)&ss, sslen);
+		if (l == NULL) {
+			snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
+			inbound_server_free(&srv);
+			return NULL;
+		}
+		evconnlistener_set_error_cb(l, accept_error_cb);
+		srv->listeners[srv->n_listeners] = l;
+		srv->listener_cfg[srv->n_listeners++] = lc;
+		log_info("event=listening addr=%s port=%s require_tls=%s", lc->host, lc->port,
+			 lc->require_tls ? "yes" : "no");
+	}
+	return srv;
+}
+
+void inbound_server_free(struct inbound_server **sp)
+{
+	struct inbound_server *srv = *sp;
+	if (srv == NULL)
+		return;
+	while (srv->conns)
+		conn_free(srv->conns);
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		evconnlistener_free(srv->listeners[i]);
+	free(srv->listeners);
+	free(srv->listener_cfg);
+	free(srv->spool_dir);
+	free(srv);
+	*sp = NULL;
+}

@@ -403,8 +403,10 @@ class Client:
             raise AssertionError("server sent bytes after 220 Ready, before TLS: %r" % self.buf)
         ctx = ctx or client_context()
         self.sock.settimeout(self.timeout)
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname,
+                                    do_handshake_on_connect=False)
         self.tls = True
+        self.sock.do_handshake()
 
     def tls_version(self):
         return self.sock.version() if self.tls else None

@@ -9,7 +9,7 @@ BUILD_PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-de
  libssl-dev libevent-dev libunbound-dev libsqlite3-dev libinih-dev libjansson-dev
  libcurl4-openssl-dev libcrypt-dev openssl ca-certificates dns-root-data"
 TEST_PKGS="libcmocka-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix testssl.sh python3 nsd ldnsutils unbound
- nginx faketime bsdextrautils sqlite3 procps iproute2"
+ nginx faketime dovecot-core dovecot-lmtpd bsdextrautils sqlite3 procps iproute2"
 
 pkgs=$BUILD_PKGS
 [ "$what" = test ] && pkgs="$pkgs $TEST_PKGS"
@@ -33,7 +33,7 @@ apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing
 # The packaged services must not run system-wide: tests start their own instances.
-for s in postfix nsd unbound nginx; do
+for s in postfix nsd unbound nginx dovecot; do
 	if command -v systemctl >/dev/null 2>&1; then
 		systemctl disable --now "$s" >/dev/null 2>&1 || true
 	fi

@@ -459,3 +459,31 @@ out:
 	msg_free(mp);
 	return rc;
 }
+
+int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen)
+{
+	if (m->failed) {
+		snprintf(err, errlen, "%s", m->err);
+		return -1;
+	}
+	if (m->fd < 0)
+		return 0;
+	if (fsync(m->fd) < 0) {
+		set_err(err, errlen, "fsync", m->spool_path, errno);
+		m->failed = true;
+		return -1;
+	}
+	int fd = m->fd;
+	m->fd = -1;
+	if (close(fd) < 0) {
+		set_err(err, errlen, "close", m->spool_path, errno);
+		m->failed = true;
+		return -1;
+	}
+	return 0;
+}
+
+const char *maildir_spool_path(const struct maildir_msg *m)
+{
+	return m->spool_path;
+}

@@ -34,6 +34,13 @@ struct maildir_rcpt {
  */
 int maildir_commit(struct maildir_msg **m, const char *base, const struct maildir_rcpt *rcpts,
 		   size_t n, char *err, size_t errlen);
+/*
+ * maildir_spool_finish - make the spool file durable (fsync, close) without
+ * delivering it: for a next hop (LMTP) that reads it by path. Then
+ * maildir_abort() removes it once the next hop has taken the message.
+ */
+int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen);
+const char *maildir_spool_path(const struct maildir_msg *m);
 /* maildir_abort - drop the spool file; frees and NULLs *m */
 void maildir_abort(struct maildir_msg **m);
 

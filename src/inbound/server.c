@@ -34,6 +34,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
+#include "delivery/lmtp.h"
 #include "delivery/maildir.h"
 #include "inbound/session.h"
 #include "tls/server.h"
@@ -57,6 +58,7 @@ struct conn {
 	bool closing;
 	bool read_paused;
 	struct maildir_msg *msg;
+	struct lmtp_job *lmtp; /* a delivery to the LMTP next hop in progress */
 	char *spool_buf;
 	size_t spool_len;
 	bool spool_err;
@@ -78,6 +80,7 @@ struct inbound_server {
 
 static void conn_process(struct conn *c);
 static void conn_free(struct conn *c);
+static void conn_flush_output(struct conn *c);
 
 /* ---- the spool sink: content goes to a spool file, batched ---- */
 
@@ -126,6 +129,73 @@ static void sink_abort(void *ctx)
 	maildir_abort(&c->msg);
 }
 
+static void store_log(struct conn *c, const struct inbound_envelope *env, const char *err)
+{
+	char from[SMTP_PATH_MAX * 4 + 4];
+	log_escape(env->from->addr, strlen(env->from->addr), from, sizeof(from));
+	if (err == NULL)
+		log_info("event=delivered sid=%016" PRIx64 " id=%s from=<%s> rcpts=%zu size=%" PRIu64
+			 " tls=%s via=%s status=2.0.0",
+			 c->id, env->queue_id, from, env->n_rcpts, env->size, env->tls ? "yes" : "no",
+			 c->srv->cfg->lmtp ? "lmtp" : "maildir");
+	else
+		log_err("event=store_failed sid=%016" PRIx64 " id=%s from=<%s> error=\"%s\"", c->id,
+			env->queue_id, from, err);
+}
+
+static void lmtp_done(void *arg, const struct smtp_reply *failure)
+{
+	struct conn *c = arg;
+	struct inbound_envelope env;
+	c->lmtp = NULL;
+	inbound_session_envelope(c->sess, &env);
+	store_log(c, &env, failure ? failure->text : NULL);
+	maildir_abort(&c->msg); /* the next hop has it, or the client retries */
+	inbound_session_store_done(c->sess, failure);
+	conn_flush_output(c);
+	conn_process(c);
+}
+
+/* conn_store_lmtp - hand the spooled message to the LMTP next hop */
+static void conn_store_lmtp(struct conn *c, const struct inbound_envelope *env)
+{
+	const struct config *cfg = c->srv->cfg;
+	char err[512];
+	struct smtp_reply rep;
+	if (c->spool_err || maildir_spool_finish(c->msg, err, sizeof(err)) < 0) {
+		if (c->spool_err)
+			snprintf(err, sizeof(err), "spool write failed");
+		goto fail;
+	}
+	char **rcpts = xcalloc(env->n_rcpts, sizeof(*rcpts));
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		rcpts[i] = env->rcpts[i].domain[0]
+				   ? xstrdup(env->rcpts[i].addr)
+				   : xasprintf("%s@%s", env->rcpts[i].addr, cfg->local_domains.v[0]);
+	struct lmtp_request req = {
+		.hostport = cfg->lmtp,
+		.lhlo_name = cfg->hostname,
+		.spool_path = maildir_spool_path(c->msg),
+		.from = env->from->addr,
+		.rcpts = (const char *const *)rcpts,
+		.n_rcpts = env->n_rcpts,
+		.timeout = cfg->timeout_command,
+		.sid = c->id,
+	};
+	c->lmtp = lmtp_deliver(c->srv->base, &req, lmtp_done, c);
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		free(rcpts[i]);
+	free(rcpts);
+	if (c->lmtp != NULL)
+		return; /* lmtp_done continues */
+	snprintf(err, sizeof(err), "cannot start LMTP delivery to %s", cfg->lmtp);
+fail:
+	store_log(c, env, err);
+	maildir_abort(&c->msg);
+	smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
+	inbound_session_store_done(c->sess, &rep);
+}
+
 /* conn_store - commit the message to every recipient's Maildir, durably */
 static void conn_store(struct conn *c)
 {
@@ -133,6 +203,10 @@ static void conn_store(struct conn *c)
 	char err[512];
 	inbound_session_envelope(c->sess, &env);
 	spool_flush(c);
+	if (c->srv->cfg->lmtp) {
+		conn_store_lmtp(c, &env);
+		return;
+	}
 
 	struct maildir_rcpt *r = xcalloc(env.n_rcpts, sizeof(*r));
 	char (*users)[SMTP_LOCAL_MAX * 2 + 3] = xcalloc(env.n_rcpts, sizeof(*users));
@@ -151,17 +225,11 @@ static void conn_store(struct conn *c)
 		rc = maildir_commit(&c->msg, c->srv->cfg->maildir, r, env.n_rcpts, err,
 				    sizeof(err));
 	}
-	char from[SMTP_PATH_MAX * 4 + 4];
-	log_escape(env.from->addr, strlen(env.from->addr), from, sizeof(from));
+	store_log(c, &env, rc == 0 ? NULL : err);
 	if (rc == 0) {
-		log_info("event=delivered sid=%016" PRIx64 " id=%s from=<%s> rcpts=%zu size=%" PRIu64
-			 " tls=%s status=2.0.0",
-			 c->id, env.queue_id, from, env.n_rcpts, env.size, env.tls ? "yes" : "no");
 		inbound_session_store_done(c->sess, NULL);
 	} else {
 		struct smtp_reply rep;
-		log_err("event=store_failed sid=%016" PRIx64 " id=%s error=\"%s\" status=4.3.0",
-			c->id, env.queue_id, err);
 		smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
 		inbound_session_store_done(c->sess, &rep);
 	}
@@ -228,14 +296,16 @@ static void conn_start_tls(struct conn *c)
 		return;
 	}
 	bufferevent_free(c->bev);
+	/* CLOSE_ON_FREE: libevent frees the SSL (and the socket) only then */
 	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl,
-						BUFFEREVENT_SSL_ACCEPTING, 0);
+						BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		log_err("event=tls_error sid=%016" PRIx64 " error=bufferevent", c->id);
 		SSL_free(ssl);
 		conn_free(c);
 		return;
 	}
+	c->fd = -1; /* owned by the TLS bufferevent now */
 	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
 	c->handshaking = true;
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
@@ -297,6 +367,8 @@ static void conn_process(struct conn *c)
 		case INBOUND_NONE:
 			continue;
 		case INBOUND_STORE:
+			if (c->lmtp != NULL)
+				return; /* the next hop is working; lmtp_done resumes */
 			conn_store(c);
 			conn_flush_output(c);
 			continue;
@@ -386,6 +458,7 @@ static void conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	srv->n_conns--;
+	lmtp_cancel(&c->lmtp);
 	inbound_session_free(&c->sess);
 	maildir_abort(&c->msg);
 	if (c->bev) {
@@ -394,7 +467,8 @@ static void conn_free(struct conn *c)
 			SSL_shutdown(ssl); /* close_notify, best effort */
 		bufferevent_free(c->bev);
 	}
-	evutil_closesocket(c->fd);
+	if (c->fd >= 0)
+		evutil_closesocket(c->fd);
 	free(c->spool_buf);
 	free(c);
 }

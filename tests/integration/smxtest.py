@@ -79,6 +79,21 @@ def uid_of(user):
     return pwd.getpwnam(user).pw_uid
 
 
+def sanitizer_excerpt(log, stack_lines=12):
+    """The sanitizer part of a log, short: each ERROR/runtime error line with the first
+    stack lines after it, and the SUMMARY lines (full log: set SMX_KEEP_TMP=1)."""
+    lines = log.splitlines()
+    out = []
+    for i, l in enumerate(lines):
+        if "ERROR: " in l and "Sanitizer" in l or "runtime error:" in l:
+            out += lines[i:i + stack_lines] + ["..."]
+        elif l.startswith("SUMMARY: "):
+            out.append(l)
+        elif l.startswith("Direct leak of"):
+            out += lines[i:i + 6]
+    return "\n".join(out[:200])
+
+
 # --------------------------------------------------------------------------------------
 # Daemon
 # --------------------------------------------------------------------------------------
@@ -128,7 +143,9 @@ class Daemon:
     # -- lifecycle --
     def start(self, ready_timeout=20.0):
         env = dict(os.environ)
-        env["ASAN_OPTIONS"] = "detect_leaks=1"
+        # SMX_DIAG_NO_LEAKS=1 is for local diagnosis only (see functional results while a
+        # known leak is being fixed); CTest never sets it.
+        env["ASAN_OPTIONS"] = "detect_leaks=%d" % (0 if os.environ.get("SMX_DIAG_NO_LEAKS") else 1)
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([STRICTMXD, "-c", self.conf], stdin=subprocess.DEVNULL,
@@ -173,7 +190,8 @@ class Daemon:
         log = self.log_text()
         bad = [m for m in SANITIZER_MARKERS if m in log]
         if bad:
-            raise AssertionError("sanitizer report in daemon log (%s):\n%s" % (bad, log[-8000:]))
+            raise AssertionError("sanitizer report in daemon log (%s):\n%s"
+                                 % (bad, sanitizer_excerpt(log)))
         if self.exit_code != 0:
             raise AssertionError("strictmxd exit code %s after SIGTERM (expected 0); log:\n%s"
                                  % (self.exit_code, log[-4000:]))

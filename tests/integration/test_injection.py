@@ -136,6 +136,22 @@ class Injection(unittest.TestCase):
     def test_injection_split_partial_line(self):
         self._split(b"MAIL FROM:<a@b>")
 
+    def test_injection_after_220_unread(self):
+        """The 220 has arrived (not read yet) when the plaintext command is written."""
+        import select
+        c = connect(self, self.d)
+        self.assertEqual(c.ehlo().code, 250)
+        c.send(b"STARTTLS\r\n")
+        r, _, _ = select.select([c.sock], [], [], CLOSE_BOUND)
+        self.assertTrue(r, "no 220 within %ss" % CLOSE_BOUND)
+        c.send(b"MAIL FROM:<a@b>\r\n")
+        first = c.read_reply(CLOSE_BOUND)
+        self.assertEqual(first.code, 220, first)
+        data, closed = c.read_until_closed(CLOSE_BOUND)
+        self.assertTrue(closed, "not closed after plaintext injected behind the 220: %r" % data)
+        self.assertNotIn(b"250 ", data)
+        self.assertEqual(self.d.all_mail_files(), [])
+
     def test_garbage_after_220(self):
         """A.5: after 220 Ready, plaintext SMTP (not a ClientHello): never continues in plaintext."""
         c = connect(self, self.d)

@@ -38,43 +38,43 @@ static void test_cmd_verbs(void **state)
 		enum smtp_verb verb;
 		const char *arg;
 	} cases[] = {
-		{"HELO x", SMTP_V_HELO, "x"},
-		{"ehlo mx.example.org", SMTP_V_EHLO, "mx.example.org"},
-		{"MAIL FROM:<a@b>", SMTP_V_MAIL, "FROM:<a@b>"},
-		{"Rcpt To:<a@b>", SMTP_V_RCPT, "To:<a@b>"},
-		{"DATA", SMTP_V_DATA, ""},
-		{"BDAT 10 LAST", SMTP_V_BDAT, "10 LAST"},
-		{"RSET", SMTP_V_RSET, ""},
-		{"NOOP hello", SMTP_V_NOOP, "hello"},
-		{"QUIT", SMTP_V_QUIT, ""},
-		{"HELP", SMTP_V_HELP, ""},
-		{"VRFY root", SMTP_V_VRFY, "root"},
-		{"EXPN list", SMTP_V_EXPN, "list"},
-		{"StartTLS", SMTP_V_STARTTLS, ""},
-		{"STARTTLS x", SMTP_V_STARTTLS, "x"},
-		{"AUTH PLAIN", SMTP_V_AUTH, "PLAIN"},
-		/* multiple spaces before the argument, trailing spaces dropped */
-		{"MAIL    FROM:<a@b>   ", SMTP_V_MAIL, "FROM:<a@b>"},
-		{"QUIT   ", SMTP_V_QUIT, ""},
-		/* verb must end at SP or end of line */
-		{"MAILX FROM:<a@b>", SMTP_V_UNKNOWN, "FROM:<a@b>"},
-		{"MAIL\tFROM:<a@b>", SMTP_V_UNKNOWN, ""},
-		{"MAI", SMTP_V_UNKNOWN, ""},
-		{"", SMTP_V_UNKNOWN, ""},
-		{" HELO x", SMTP_V_UNKNOWN, "HELO x"},
-		{"XYZZY", SMTP_V_UNKNOWN, ""},
-		/* security-anchors test 32: HTTP */
-		{"GET / HTTP/1.1", SMTP_V_NONSMTP, "/ HTTP/1.1"},
-		{"post /x HTTP/1.0", SMTP_V_NONSMTP, "/x HTTP/1.0"},
-		{"HEAD /", SMTP_V_NONSMTP, "/"},
-		{"PUT /", SMTP_V_NONSMTP, "/"},
-		{"CONNECT mx:25 HTTP/1.1", SMTP_V_NONSMTP, "mx:25 HTTP/1.1"},
-		{"OPTIONS * HTTP/1.1", SMTP_V_NONSMTP, "* HTTP/1.1"},
-		{"Host: x", SMTP_V_NONSMTP, "x"},
-		{"host:x", SMTP_V_NONSMTP, "x"},
-		{"User-Agent: curl", SMTP_V_NONSMTP, "curl"},
-		{"GET", SMTP_V_UNKNOWN, ""},
-		{"GETTER x", SMTP_V_UNKNOWN, "x"},
+	    {"HELO x", SMTP_V_HELO, "x"},
+	    {"ehlo mx.example.org", SMTP_V_EHLO, "mx.example.org"},
+	    {"MAIL FROM:<a@b>", SMTP_V_MAIL, "FROM:<a@b>"},
+	    {"Rcpt To:<a@b>", SMTP_V_RCPT, "To:<a@b>"},
+	    {"DATA", SMTP_V_DATA, ""},
+	    {"BDAT 10 LAST", SMTP_V_BDAT, "10 LAST"},
+	    {"RSET", SMTP_V_RSET, ""},
+	    {"NOOP hello", SMTP_V_NOOP, "hello"},
+	    {"QUIT", SMTP_V_QUIT, ""},
+	    {"HELP", SMTP_V_HELP, ""},
+	    {"VRFY root", SMTP_V_VRFY, "root"},
+	    {"EXPN list", SMTP_V_EXPN, "list"},
+	    {"StartTLS", SMTP_V_STARTTLS, ""},
+	    {"STARTTLS x", SMTP_V_STARTTLS, "x"},
+	    {"AUTH PLAIN", SMTP_V_AUTH, "PLAIN"},
+	    /* multiple spaces before the argument, trailing spaces dropped */
+	    {"MAIL    FROM:<a@b>   ", SMTP_V_MAIL, "FROM:<a@b>"},
+	    {"QUIT   ", SMTP_V_QUIT, ""},
+	    /* verb must end at SP or end of line */
+	    {"MAILX FROM:<a@b>", SMTP_V_UNKNOWN, "FROM:<a@b>"},
+	    {"MAIL\tFROM:<a@b>", SMTP_V_UNKNOWN, ""},
+	    {"MAI", SMTP_V_UNKNOWN, ""},
+	    {"", SMTP_V_UNKNOWN, ""},
+	    {" HELO x", SMTP_V_UNKNOWN, "HELO x"},
+	    {"XYZZY", SMTP_V_UNKNOWN, ""},
+	    /* security-anchors test 32: HTTP */
+	    {"GET / HTTP/1.1", SMTP_V_NONSMTP, "/ HTTP/1.1"},
+	    {"post /x HTTP/1.0", SMTP_V_NONSMTP, "/x HTTP/1.0"},
+	    {"HEAD /", SMTP_V_NONSMTP, "/"},
+	    {"PUT /", SMTP_V_NONSMTP, "/"},
+	    {"CONNECT mx:25 HTTP/1.1", SMTP_V_NONSMTP, "mx:25 HTTP/1.1"},
+	    {"OPTIONS * HTTP/1.1", SMTP_V_NONSMTP, "* HTTP/1.1"},
+	    {"Host: x", SMTP_V_NONSMTP, "x"},
+	    {"host:x", SMTP_V_NONSMTP, "x"},
+	    {"User-Agent: curl", SMTP_V_NONSMTP, "curl"},
+	    {"GET", SMTP_V_UNKNOWN, ""},
+	    {"GETTER x", SMTP_V_UNKNOWN, "x"},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -222,38 +222,38 @@ static void test_mail_addresses_are_data(void **state)
 static void test_mail_bad_addresses(void **state)
 {
 	static const char *const bad[] = {
-		"FROM:<a>",
-		"FROM:<@>",
-		"FROM:<a@>",
-		"FROM:<@b>",
-		"FROM:<a@@b>",
-		"FROM:<a@b@c>",
-		"FROM:<.a@b>",
-		"FROM:<a.@b>",
-		"FROM:<a..b@c>",
-		"FROM:<a b@c>",
-		"FROM:<a@b.>",
-		"FROM:<a@.b>",
-		"FROM:<a@b..c>",
-		"FROM:<a@-b>",
-		"FROM:<a@b->",
-		"FROM:<a@b_c>",
-		"FROM:<a@[1.2.3]>",
-		"FROM:<a@[1.2.3.256]>",
-		"FROM:<a@[IPv6:1.2.3.4]>",
-		"FROM:<a@[IPv6:::1%eth0]>",
-		"FROM:<a@[x-tag:stuff]>",
-		"FROM:<a@[1.2.3.4>",
-		"FROM:<\"a\rb\"@c>",
-		"FROM:<\"a\nb\"@c>",
-		"FROM:<\"a\\\rb\"@c>",
-		"FROM:<\"ab@c>",
-		"FROM:<a(b)@c>",
-		"FROM:<@a,b:u@d>",
-		"FROM:<@a:>",
-		"FROM:<@:u@d>",
-		"FROM:<@a,@:u@d>",
-		"FROM:<Postmaster>",
+	    "FROM:<a>",
+	    "FROM:<@>",
+	    "FROM:<a@>",
+	    "FROM:<@b>",
+	    "FROM:<a@@b>",
+	    "FROM:<a@b@c>",
+	    "FROM:<.a@b>",
+	    "FROM:<a.@b>",
+	    "FROM:<a..b@c>",
+	    "FROM:<a b@c>",
+	    "FROM:<a@b.>",
+	    "FROM:<a@.b>",
+	    "FROM:<a@b..c>",
+	    "FROM:<a@-b>",
+	    "FROM:<a@b->",
+	    "FROM:<a@b_c>",
+	    "FROM:<a@[1.2.3]>",
+	    "FROM:<a@[1.2.3.256]>",
+	    "FROM:<a@[IPv6:1.2.3.4]>",
+	    "FROM:<a@[IPv6:::1%eth0]>",
+	    "FROM:<a@[x-tag:stuff]>",
+	    "FROM:<a@[1.2.3.4>",
+	    "FROM:<\"a\rb\"@c>",
+	    "FROM:<\"a\nb\"@c>",
+	    "FROM:<\"a\\\rb\"@c>",
+	    "FROM:<\"ab@c>",
+	    "FROM:<a(b)@c>",
+	    "FROM:<@a,b:u@d>",
+	    "FROM:<@a:>",
+	    "FROM:<@:u@d>",
+	    "FROM:<@a,@:u@d>",
+	    "FROM:<Postmaster>",
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -272,18 +272,18 @@ static void test_mail_bad_addresses(void **state)
 static void test_mail_syntax(void **state)
 {
 	static const char *const bad[] = {
-		"",
-		"FROM",
-		"FROM:",
-		"FROM:a@b",
-		"FRM:<a@b>",
-		"TO:<a@b>",
-		"FROM:<a@b",
-		"FROM :<a@b>",
-		"FROM:\t<a@b>",
-		"FROM:x<a@b>",
-		"FROM:<a@b>x",
-		"FROM:<a@b>SIZE=1",
+	    "",
+	    "FROM",
+	    "FROM:",
+	    "FROM:a@b",
+	    "FRM:<a@b>",
+	    "TO:<a@b>",
+	    "FROM:<a@b",
+	    "FROM :<a@b>",
+	    "FROM:\t<a@b>",
+	    "FROM:x<a@b>",
+	    "FROM:<a@b>x",
+	    "FROM:<a@b>SIZE=1",
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -312,9 +312,9 @@ static void test_mail_lengths(void **state)
 	assert_int_equal(mail(buf, 0), -1);
 	assert_err(553, "5.1.7");
 	/* the limit is on the local part itself: a quoted one may be longer as sent */
-	snprintf(buf, sizeof(buf), "FROM:<\"%.62s\\\"\"@x>", local);
-	assert_int_equal(mail(buf, 0), 0);
 	snprintf(buf, sizeof(buf), "FROM:<\"%.63s\\\"\"@x>", local);
+	assert_int_equal(mail(buf, 0), 0);
+	snprintf(buf, sizeof(buf), "FROM:<\"%.64s\\\"\"@x>", local);
 	assert_int_equal(mail(buf, 0), -1);
 	assert_err(553, "5.1.7");
 
@@ -390,7 +390,10 @@ static void test_mail_params(void **state)
 	/* values: no "=", no SP, no controls */
 	assert_int_equal(mail("FROM:<a@b> X=a=b", 0), -1);
 	assert_err(501, "5.5.4");
+	/* quoted values are not decoded: the first word is a value of its own */
 	assert_int_equal(mail("FROM:<a@b> X=\"quoted value\"", 0), -1);
+	assert_err(555, "5.5.4");
+	assert_int_equal(mail("FROM:<a@b> SIZE=\"1 2\"", 0), -1);
 	assert_err(501, "5.5.4");
 	assert_int_equal(mail("FROM:<a@b> X=a\rb", 0), -1);
 	assert_err(501, "5.5.4");
@@ -401,9 +404,9 @@ static void test_mail_params(void **state)
 	assert_int_equal(M.size, 5);
 	/* a long unknown keyword is shown truncated */
 	assert_int_equal(
-		mail("FROM:<a@b> XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
-		     0),
-		-1);
+	    mail("FROM:<a@b> XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+	         0),
+	    -1);
 	assert_err(555, "5.5.4");
 	assert_true(strlen(E.text) < 80);
 }
@@ -454,8 +457,19 @@ static void test_rcpt(void **state)
 static void test_bdat(void **state)
 {
 	static const char *const bad[] = {
-		"", "-1", "+1", "1e30", "10 FOO", "10 LAST x", "10LAST", "x",
-		"18446744073709551616", "1234567890123456789", " 10", "0x10", "10\tLAST",
+	    "",
+	    "-1",
+	    "+1",
+	    "1e30",
+	    "10 FOO",
+	    "10 LAST x",
+	    "10LAST",
+	    "x",
+	    "18446744073709551616",
+	    "1234567890123456789",
+	    " 10",
+	    "0x10",
+	    "10\tLAST",
 	};
 	uint64_t size = 7;
 	bool last = true;
@@ -491,13 +505,13 @@ static int helo(const char *s)
 static void test_helo(void **state)
 {
 	static const char *const good[] = {
-		"mx.example.org", "localhost", "a", "x-1.example", "[192.0.2.1]",
-		"[IPv6:2001:db8::1]", "1.2.3.4", "mx.example.org  ",
+	    "mx.example.org", "localhost",          "a",       "x-1.example",
+	    "[192.0.2.1]",    "[IPv6:2001:db8::1]", "1.2.3.4", "mx.example.org  ",
 	};
 	static const char *const bad[] = {
-		"",           "mx.example.org.", ".example", "a..b",        "-a.example",
-		"a-.example", "under_score.example", "[1.2.3]", "[IPv6:zz]", "two words",
-		"%s%n%x",     "h\xc3\xa9.example", "[1.2.3.4",
+	    "",           "mx.example.org.",     ".example", "a..b",      "-a.example",
+	    "a-.example", "under_score.example", "[1.2.3]",  "[IPv6:zz]", "two words",
+	    "%s%n%x",     "h\xc3\xa9.example",   "[1.2.3.4",
 	};
 	char big[70000];
 
@@ -548,8 +562,8 @@ static void test_reply(void **state)
 
 	/* too small a buffer: 0; exactly enough (with the NUL): the length */
 	smtp_reply_set(&r, 250, "2.0.0", "Ok");
-	assert_int_equal(smtp_reply_format(&r, buf, 13), 0);
-	assert_int_equal(smtp_reply_format(&r, buf, 14), 13);
+	assert_int_equal(smtp_reply_format(&r, buf, 14), 0);
+	assert_int_equal(smtp_reply_format(&r, buf, 15), 14);
 	assert_string_equal(buf, "250 2.0.0 Ok\r\n");
 
 	/* no reply decided (code 0) renders nothing */
@@ -577,19 +591,19 @@ static void test_reply(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_cmd_verbs),
-		cmocka_unit_test(test_cmd_binary),
-		cmocka_unit_test(test_verb_name),
-		cmocka_unit_test(test_mail_ok),
-		cmocka_unit_test(test_mail_addresses_are_data),
-		cmocka_unit_test(test_mail_bad_addresses),
-		cmocka_unit_test(test_mail_syntax),
-		cmocka_unit_test(test_mail_lengths),
-		cmocka_unit_test(test_mail_params),
-		cmocka_unit_test(test_rcpt),
-		cmocka_unit_test(test_bdat),
-		cmocka_unit_test(test_helo),
-		cmocka_unit_test(test_reply),
+	    cmocka_unit_test(test_cmd_verbs),
+	    cmocka_unit_test(test_cmd_binary),
+	    cmocka_unit_test(test_verb_name),
+	    cmocka_unit_test(test_mail_ok),
+	    cmocka_unit_test(test_mail_addresses_are_data),
+	    cmocka_unit_test(test_mail_bad_addresses),
+	    cmocka_unit_test(test_mail_syntax),
+	    cmocka_unit_test(test_mail_lengths),
+	    cmocka_unit_test(test_mail_params),
+	    cmocka_unit_test(test_rcpt),
+	    cmocka_unit_test(test_bdat),
+	    cmocka_unit_test(test_helo),
+	    cmocka_unit_test(test_reply),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

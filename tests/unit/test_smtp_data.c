@@ -54,7 +54,7 @@ static void finish(struct res *r, const struct smtp_data *d)
  * (when DATA did not end).
  */
 static void decode(const void *in, size_t len, bool literal, size_t max_line, unsigned split,
-		   bool flush, struct res *r)
+                   bool flush, struct res *r)
 {
 	const unsigned char *p = in;
 	struct smtp_data d;
@@ -115,7 +115,7 @@ static void assert_same(const struct res *a, const struct res *b)
 
 /* decode whole, byte by byte and at 40 random split points; all must agree */
 static void decode_all_ways(const void *in, size_t len, bool literal, size_t max_line, bool flush,
-			    struct res *whole)
+                            struct res *whole)
 {
 	static struct res other;
 
@@ -142,19 +142,19 @@ static const struct {
 	bool bare_cr, bare_lf, nul;
 } fake_ends[] = {
 #define S(s) s, sizeof(s) - 1
-	{"LF . LF", S("\n.\n"), S("\n.\n"), false, true, false},
-	{"LF . CRLF", S("\n.\r\n"), S("\n.\r\n"), false, true, false},
-	{"CR . CR", S("\r.\r"), S("\r.\r"), true, false, false},
-	{"CR . LF", S("\r.\n"), S("\r.\n"), true, true, false},
-	{"LF . CR", S("\n.\r"), S("\n.\r"), true, true, false},
-	{"CR . CRLF", S("\r.\r\n"), S("\r.\r\n"), true, false, false},
-	/* after CRLF the "." leads a line and is removed as stuffing */
-	{"CRLF . LF", S("\r\n.\n"), S("\r\n\n"), false, true, false},
-	{"CRLF . CR", S("\r\n.\r"), S("\r\n\r"), true, false, false},
-	{"NUL before dot", S("\r\n\0.\r\n"), S("\r\n\0.\r\n"), false, false, true},
-	{"NUL after dot", S("\r\n.\0\r\n"), S("\r\n\0\r\n"), false, false, true},
-	{"CRLF . CR CRLF", S("\r\n.\r\r\n"), S("\r\n\r\r\n"), true, false, false},
-	{"CR CRLF . CR CRLF", S("\r\r\n.\r\r\n"), S("\r\r\n\r\r\n"), true, false, false},
+    {"LF . LF", S("\n.\n"), S("\n.\n"), false, true, false},
+    {"LF . CRLF", S("\n.\r\n"), S("\n.\r\n"), false, true, false},
+    {"CR . CR", S("\r.\r"), S("\r.\r"), true, false, false},
+    {"CR . LF", S("\r.\n"), S("\r.\n"), true, true, false},
+    {"LF . CR", S("\n.\r"), S("\n.\r"), true, true, false},
+    {"CR . CRLF", S("\r.\r\n"), S("\r.\r\n"), true, false, false},
+    /* after CRLF the "." leads a line and is removed as stuffing */
+    {"CRLF . LF", S("\r\n.\n"), S("\r\n\n"), false, true, false},
+    {"CRLF . CR", S("\r\n.\r"), S("\r\n\r"), true, false, false},
+    {"NUL before dot", S("\r\n\0.\r\n"), S("\r\n\0.\r\n"), false, false, true},
+    {"NUL after dot", S("\r\n.\0\r\n"), S("\r\n\0\r\n"), false, false, true},
+    {"CRLF . CR CRLF", S("\r\n.\r\r\n"), S("\r\n\r\r\n"), true, false, false},
+    {"CR CRLF . CR CRLF", S("\r\r\n.\r\r\n"), S("\r\r\n\r\r\n"), true, false, false},
 #undef S
 };
 
@@ -406,7 +406,7 @@ static void test_runs_emitted_in_one_call(void **state)
 	calls = 0;
 	smtp_data_init(&d, 0, true);
 	assert_int_equal(smtp_data_feed(&d, lfs, sizeof(lfs), emit_count, &calls, &done),
-			 sizeof(lfs));
+	                 sizeof(lfs));
 	assert_true(d.bare_lf);
 	assert_int_equal(calls, 1);
 	assert_int_equal(d.octets, sizeof(lfs));
@@ -417,7 +417,7 @@ static void test_runs_emitted_in_one_call(void **state)
  * possible, to compare with the state machine on random inputs.
  */
 static void reference(const unsigned char *in, size_t n, bool literal, size_t max_line,
-		      struct res *r)
+                      struct res *r)
 {
 	size_t i = 0, line = 0;
 	bool bol = true;
@@ -498,17 +498,17 @@ static void test_random_against_reference(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_fake_end_of_data),
-		cmocka_unit_test(test_pipelined_after_end),
-		cmocka_unit_test(test_empty_message),
-		cmocka_unit_test(test_dot_transparency),
-		cmocka_unit_test(test_stray_cr_lf_nul),
-		cmocka_unit_test(test_bdat_literal),
-		cmocka_unit_test(test_held_cr),
-		cmocka_unit_test(test_long_line),
-		cmocka_unit_test(test_line_len_and_eight_bit),
-		cmocka_unit_test(test_runs_emitted_in_one_call),
-		cmocka_unit_test(test_random_against_reference),
+	    cmocka_unit_test(test_fake_end_of_data),
+	    cmocka_unit_test(test_pipelined_after_end),
+	    cmocka_unit_test(test_empty_message),
+	    cmocka_unit_test(test_dot_transparency),
+	    cmocka_unit_test(test_stray_cr_lf_nul),
+	    cmocka_unit_test(test_bdat_literal),
+	    cmocka_unit_test(test_held_cr),
+	    cmocka_unit_test(test_long_line),
+	    cmocka_unit_test(test_line_len_and_eight_bit),
+	    cmocka_unit_test(test_runs_emitted_in_one_call),
+	    cmocka_unit_test(test_random_against_reference),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

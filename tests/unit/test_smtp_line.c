@@ -197,12 +197,11 @@ static void test_skip(void **state)
 static void test_stream_loop(void **state)
 {
 	static const char stream[] = "EHLO a\r\nMAIL FROM:<a@b>\r\nbad\nRCPT\rTO\r\n"
-				     "0123456789012345678901234567890123456789\r\n"
-				     "N\0OP\r\nQUIT\r\n";
+	                             "0123456789012345678901234567890123456789\r\n"
+	                             "N\0OP\r\nQUIT\r\n";
 	static const enum smtp_line_status want[] = {
-		SMTP_LINE_OK,      SMTP_LINE_OK,  SMTP_LINE_BARE_LF, SMTP_LINE_BARE_CR,
-		SMTP_LINE_OK,      SMTP_LINE_TOO_LONG, SMTP_LINE_NUL, SMTP_LINE_OK,
-		SMTP_LINE_OK,
+	    SMTP_LINE_OK,       SMTP_LINE_OK,  SMTP_LINE_BARE_LF, SMTP_LINE_BARE_CR, SMTP_LINE_OK,
+	    SMTP_LINE_TOO_LONG, SMTP_LINE_NUL, SMTP_LINE_OK,      SMTP_LINE_OK,
 	};
 	/* after BARE_LF/BARE_CR/NUL the rest of the line is framed on its own */
 	const size_t total = sizeof(stream) - 1;
@@ -241,11 +240,11 @@ static void test_stream_loop(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_ok),        cmocka_unit_test(test_need_more),
-		cmocka_unit_test(test_bare_lf),   cmocka_unit_test(test_bare_cr),
-		cmocka_unit_test(test_nul),       cmocka_unit_test(test_too_long),
-		cmocka_unit_test(test_huge_lines), cmocka_unit_test(test_skip),
-		cmocka_unit_test(test_stream_loop),
+	    cmocka_unit_test(test_ok),          cmocka_unit_test(test_need_more),
+	    cmocka_unit_test(test_bare_lf),     cmocka_unit_test(test_bare_cr),
+	    cmocka_unit_test(test_nul),         cmocka_unit_test(test_too_long),
+	    cmocka_unit_test(test_huge_lines),  cmocka_unit_test(test_skip),
+	    cmocka_unit_test(test_stream_loop),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

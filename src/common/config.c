@@ -63,14 +63,24 @@ void config_defaults(struct config *c)
 	c->timeout_data = 600;    /* §4.5.3.2.6 (client side 10 min) */
 	c->timeout_tls = 60;
 	c->errors = 20;
+	c->smtp_port = 25;
+	c->max_connections_per_domain = 20;
+	c->connect_timeout = 30;
+	c->out_command_timeout = 300;
+	c->max_queue_lifetime = 5 * 86400;
+	c->delay_warning_time = 4 * 3600;
+	c->retry_min = 300;
+	c->retry_max = 3600;
 }
 
 void config_free(struct config *c)
 {
-	char **strs[] = {&c->path,         &c->hostname,      &c->data_dir,
-			 &c->info_url,     &c->user,          &c->log_level,
-			 &c->maildir,      &c->lmtp,          &c->tls_protocols,
-			 &c->tls_ciphers,  &c->tls_ciphersuites, &c->tls_groups};
+	char **strs[] = {&c->path,          &c->hostname,         &c->data_dir,
+			 &c->info_url,      &c->user,             &c->log_level,
+			 &c->maildir,       &c->lmtp,             &c->tls_protocols,
+			 &c->tls_ciphers,   &c->tls_ciphersuites, &c->tls_groups,
+			 &c->out_protocols, &c->out_ciphers,      &c->out_ciphersuites,
+			 &c->out_groups,    &c->ca_file,          &c->helo_name};
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;
@@ -82,6 +92,14 @@ void config_free(struct config *c)
 	free(c->listeners);
 	strlist_free(&c->local_domains);
 	strlist_free(&c->relay_networks);
+	strlist_free(&c->trust_anchors);
+	strlist_free(&c->stubs);
+	for (size_t i = 0; i < c->n_domains; i++) {
+		free(c->domains[i].name);
+		free(c->domains[i].route);
+		strlist_free(&c->domains[i].match);
+	}
+	free(c->domains);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -211,6 +229,8 @@ struct parse_ctx {
 	bool failed;
 	size_t cur_listener; /* index, inside [listener "..."] */
 	char cur_section[160];
+	size_t cur_domain;
+	char cur_domain_section[300];
 };
 
 static int perr(struct parse_ctx *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -463,6 +483,189 @@ static int handle_limits(struct parse_ctx *p, const char *k, const char *v)
 	return perr(p, "unknown key '%s' in [limits]", k);
 }
 
+static int protocols_ok(struct parse_ctx *p, const char *k, const char *v)
+{
+	char *copy = xstrdup(v), *save = NULL;
+	for (char *t = strtok_r(copy, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+		if (strcmp(t, "TLSv1.2") && strcmp(t, "TLSv1.3")) {
+			perr(p, "%s: '%s' is not allowed (TLSv1.2, TLSv1.3)", k, t);
+			free(copy);
+			return 0;
+		}
+	free(copy);
+	return 1;
+}
+
+static int item_stub(struct parse_ctx *p, const char *key, const char *t)
+{
+	char host[64], port[8];
+	const char *at = strchr(t, '@');
+	if (at == NULL || at == t ||
+	    config_parse_hostport(at + 1, host, sizeof(host), port, sizeof(port)) < 0)
+		return perr(p, "%s: expected ZONE@ADDR:PORT, got '%s'", key, t);
+	strlist_add(&p->c->stubs, t);
+	return 1;
+}
+
+static int handle_dns(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (!strcmp(k, "resolver")) {
+		if (!strcmp(v, "recursive"))
+			c->dns_forward = false;
+		else if (!strcmp(v, "forward"))
+			c->dns_forward = true;
+		else
+			return perr(p, "resolver: expected recursive or forward, got '%s'", v);
+		return 1;
+	}
+	if (!strcmp(k, "trust_anchor")) {
+		if (*v != '/')
+			return perr(p, "trust_anchor: expected an absolute file name, got '%s'", v);
+		strlist_add(&c->trust_anchors, v);
+		return 1;
+	}
+	if (!strcmp(k, "stub"))
+		return each_item(p, v, k, item_stub);
+	return perr(p, "unknown key '%s' in [dns]", k);
+}
+
+static int handle_outbound(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	size_t n;
+	if (!strcmp(k, "smtp_port")) {
+		if (!set_count(p, k, v, 1, 65535, &n))
+			return 0;
+		c->smtp_port = (unsigned)n;
+	} else if (!strcmp(k, "protocols")) {
+		if (!protocols_ok(p, k, v))
+			return 0;
+		set_str(&c->out_protocols, v);
+	} else if (!strcmp(k, "ciphers")) {
+		set_str(&c->out_ciphers, v);
+	} else if (!strcmp(k, "ciphersuites")) {
+		set_str(&c->out_ciphersuites, v);
+	} else if (!strcmp(k, "groups")) {
+		set_str(&c->out_groups, v);
+	} else if (!strcmp(k, "ca_file")) {
+		if (*v != '/')
+			return perr(p, "ca_file: expected an absolute file name, got '%s'", v);
+		set_str(&c->ca_file, v);
+	} else if (!strcmp(k, "tls_failure")) {
+		if (!strcmp(v, "defer"))
+			c->tls_failure_bounce = false;
+		else if (!strcmp(v, "bounce"))
+			c->tls_failure_bounce = true;
+		else
+			return perr(p, "tls_failure: expected defer or bounce, got '%s'", v);
+	} else if (!strcmp(k, "max_connections_per_domain")) {
+		return set_count(p, k, v, 1, 1000, &c->max_connections_per_domain);
+	} else if (!strcmp(k, "connect_timeout")) {
+		return set_duration(p, k, v, &c->connect_timeout);
+	} else if (!strcmp(k, "command_timeout")) {
+		return set_duration(p, k, v, &c->out_command_timeout);
+	} else if (!strcmp(k, "helo_name")) {
+		if (!valid_domain(v))
+			return perr(p, "helo_name: '%s' is not a valid host name", v);
+		set_str(&c->helo_name, v);
+	} else {
+		return perr(p, "unknown key '%s' in [outbound]", k);
+	}
+	return 1;
+}
+
+static int handle_queue(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config *c = p->c;
+	if (!strcmp(k, "max_queue_lifetime"))
+		return set_duration(p, k, v, &c->max_queue_lifetime);
+	if (!strcmp(k, "delay_warning_time"))
+		return set_duration(p, k, v, &c->delay_warning_time);
+	if (!strcmp(k, "retry_min"))
+		return set_duration(p, k, v, &c->retry_min);
+	if (!strcmp(k, "retry_max"))
+		return set_duration(p, k, v, &c->retry_max);
+	return perr(p, "unknown key '%s' in [queue]", k);
+}
+
+/* [domain "example.org"] */
+static int enter_domain(struct parse_ctx *p, const char *section)
+{
+	char name[300];
+	size_t n = strlen(section);
+	if (n < 10 || n - 8 >= sizeof(name) || section[7] != '"' || section[n - 1] != '"')
+		return perr(p, "bad section [%s] (expected [domain \"example.org\"])", section);
+	memcpy(name, section + 8, n - 9);
+	name[n - 9] = '\0';
+	for (char *q = name; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	if (!valid_domain(name))
+		return perr(p, "domain: '%s' is not a valid domain", name);
+	for (size_t i = 0; i < p->c->n_domains; i++)
+		if (!strcmp(p->c->domains[i].name, name))
+			return perr(p, "[domain \"%s\"] given twice (first at line %d)", name,
+				    p->c->domains[i].line);
+	p->c->domains = xrealloc(p->c->domains, (p->c->n_domains + 1) * sizeof(*p->c->domains));
+	struct config_domain *d = &p->c->domains[p->c->n_domains];
+	memset(d, 0, sizeof(*d));
+	d->name = xstrdup(name);
+	d->line = p->line;
+	p->cur_domain = p->c->n_domains++;
+	return 1;
+}
+
+static int item_match(struct parse_ctx *p, const char *key, const char *t)
+{
+	if (!valid_domain(t) && !(t[0] == '.' && valid_domain(t + 1)))
+		return perr(p, "%s: bad name '%s'", key, t);
+	strlist_add(&p->c->domains[p->cur_domain].match, t);
+	return 1;
+}
+
+static int handle_domain(struct parse_ctx *p, const char *k, const char *v)
+{
+	struct config_domain *d = &p->c->domains[p->cur_domain];
+	char host[256], port[8];
+	if (!strcmp(k, "route")) {
+		/* host:port; the host may be a name (verified against it) or an address */
+		const char *colon = strrchr(v, ':');
+		size_t hl = colon ? (size_t)(colon - v) : 0;
+		if (colon == NULL || hl == 0 || hl >= sizeof(host) ||
+		    strspn(colon + 1, "0123456789") != strlen(colon + 1) || !colon[1] ||
+		    strlen(colon + 1) >= sizeof(port) || atoi(colon + 1) < 1 ||
+		    atoi(colon + 1) > 65535)
+			return perr(p, "route: expected HOST:PORT, got '%s'", v);
+		memcpy(host, v, hl);
+		host[hl] = '\0';
+		if (host[0] == '[') {
+			if (host[hl - 1] != ']')
+				return perr(p, "route: expected HOST:PORT, got '%s'", v);
+		} else if (!valid_domain(host)) {
+			unsigned char buf[16];
+			if (inet_pton(AF_INET, host, buf) != 1)
+				return perr(p, "route: bad host '%s'", host);
+		}
+		free(d->route);
+		d->route = xstrdup(v);
+		return 1;
+	}
+	if (!strcmp(k, "tls")) {
+		if (!strcmp(v, "verify"))
+			d->tls = CONFIG_TLS_VERIFY;
+		else if (!strcmp(v, "dane-only"))
+			d->tls = CONFIG_TLS_DANE_ONLY;
+		else if (!strcmp(v, "encrypt-only"))
+			d->tls = CONFIG_TLS_ENCRYPT_ONLY;
+		else
+			return perr(p, "tls: expected verify, dane-only or encrypt-only, got '%s'", v);
+		return 1;
+	}
+	if (!strcmp(k, "match"))
+		return each_item(p, v, k, item_match);
+	return perr(p, "unknown key '%s' in [domain]", k);
+}
+
 static int handle_listener(struct parse_ctx *p, const char *k, const char *v)
 {
 	if (!strcmp(k, "require_tls")) {
@@ -497,6 +700,8 @@ static int handler(void *user, const char *section, const char *name, const char
 		return 1;
 	if (strncmp(section, "listener ", 9) != 0)
 		p->cur_section[0] = '\0';
+	if (strncmp(section, "domain ", 7) != 0)
+		p->cur_domain_section[0] = '\0';
 	if (!strcmp(section, "server"))
 		return handle_server(p, name, value);
 	if (!strcmp(section, "local_delivery"))
@@ -505,6 +710,21 @@ static int handler(void *user, const char *section, const char *name, const char
 		return handle_tls(p, name, value);
 	if (!strcmp(section, "limits"))
 		return handle_limits(p, name, value);
+	if (!strcmp(section, "dns"))
+		return handle_dns(p, name, value);
+	if (!strcmp(section, "outbound"))
+		return handle_outbound(p, name, value);
+	if (!strcmp(section, "queue"))
+		return handle_queue(p, name, value);
+	if (!strncmp(section, "domain ", 7)) {
+		if (strcmp(p->cur_domain_section, section) != 0) {
+			snprintf(p->cur_domain_section, sizeof(p->cur_domain_section), "%s",
+				 section);
+			if (!enter_domain(p, section))
+				return 0;
+		}
+		return handle_domain(p, name, value);
+	}
 	if (!strncmp(section, "listener ", 9)) {
 		/* listeners are indexed by position: find it again on a new section */
 		if (strcmp(p->cur_section, section) != 0) {
@@ -562,10 +782,53 @@ int config_finish(struct config *c, char *err, size_t errlen)
 		c->maildir = xasprintf("%s/mail", c->data_dir);
 	if (c->user == NULL)
 		c->user = xstrdup("nobody");
+	if (c->helo_name == NULL)
+		c->helo_name = xstrdup(c->hostname);
+	if (!c->dns_forward && c->trust_anchors.n == 0 && c->stubs.n == 0)
+		strlist_add(&c->trust_anchors, "/usr/share/dns/root.key");
 	if (c->n_cert != c->n_key) {
 		snprintf(err, errlen, "%s: tls_cert and tls_key must come in pairs (%zu certs, %zu "
 				      "keys)", c->path ? c->path : "config", c->n_cert, c->n_key);
 		return -1;
 	}
 	return 0;
+}
+
+const struct config_domain *config_domain_find(const struct config *c, const char *domain)
+{
+	for (size_t i = 0; i < c->n_domains; i++)
+		if (strcasecmp(c->domains[i].name, domain) == 0)
+			return &c->domains[i];
+	return NULL;
+}
+
+bool config_net_match(const struct strlist *nets, const char *addr)
+{
+	unsigned char a[16], n[16];
+	int fam = AF_INET, alen = 4;
+	if (inet_pton(AF_INET, addr, a) != 1) {
+		if (inet_pton(AF_INET6, addr, a) != 1)
+			return false;
+		fam = AF_INET6;
+		alen = 16;
+	}
+	for (size_t i = 0; i < nets->n; i++) {
+		char buf[64];
+		const char *slash = strchr(nets->v[i], '/');
+		size_t l = slash ? (size_t)(slash - nets->v[i]) : strlen(nets->v[i]);
+		if (l >= sizeof(buf))
+			continue;
+		memcpy(buf, nets->v[i], l);
+		buf[l] = '\0';
+		if (inet_pton(fam, buf, n) != 1)
+			continue;
+		int bits = slash ? atoi(slash + 1) : alen * 8;
+		int full = bits / 8, rest = bits % 8;
+		if (memcmp(a, n, (size_t)full) != 0)
+			continue;
+		if (rest && ((a[full] ^ n[full]) & (0xff << (8 - rest))) != 0)
+			continue;
+		return true;
+	}
+	return false;
 }

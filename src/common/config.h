@@ -29,6 +29,21 @@ struct config_listener {
 	bool require_tls_set; /* set in [listener "..."], else [server] require_tls */
 };
 
+/* [domain "NAME"]: per-destination overrides of the outbound policy */
+enum config_domain_tls {
+	CONFIG_TLS_VERIFY = 0,   /* default: DANE, else PKIX (+MTA-STS) */
+	CONFIG_TLS_DANE_ONLY,    /* only DANE may verify */
+	CONFIG_TLS_ENCRYPT_ONLY, /* TLS without verification: logged on every use */
+};
+
+struct config_domain {
+	char *name;  /* lowercase */
+	char *route; /* "host:port" next hop instead of the MX, or NULL */
+	enum config_domain_tls tls;
+	struct strlist match; /* names the certificate must carry (PKIX) */
+	int line;             /* where it was defined, for messages */
+};
+
 struct config {
 	char *path; /* NULL: embedded default */
 
@@ -69,7 +84,37 @@ struct config {
 	unsigned timeout_data;
 	unsigned timeout_tls;
 	size_t errors;
+
+	/* [dns] */
+	bool dns_forward;              /* resolver = forward (/etc/resolv.conf), else recursive */
+	struct strlist trust_anchors;  /* files; default /usr/share/dns/root.key when recursive */
+	struct strlist stubs;          /* "zone@addr:port" */
+
+	/* [outbound] */
+	unsigned smtp_port;
+	char *out_protocols, *out_ciphers, *out_ciphersuites, *out_groups;
+	char *ca_file;       /* PKIX trust anchors; default: the system store */
+	bool tls_failure_bounce; /* tls_failure = bounce: no retries when no MX verifies */
+	size_t max_connections_per_domain;
+	unsigned connect_timeout;
+	unsigned out_command_timeout;
+	char *helo_name;     /* default: hostname */
+
+	/* [queue] */
+	unsigned max_queue_lifetime; /* seconds */
+	unsigned delay_warning_time;
+	unsigned retry_min;
+	unsigned retry_max;
+
+	/* [domain "..."] */
+	struct config_domain *domains;
+	size_t n_domains;
 };
+
+/* config_domain_find - the [domain] section for a domain (case-insensitive) */
+const struct config_domain *config_domain_find(const struct config *c, const char *domain);
+/* config_net_match - is the address (numeric) inside one of the CIDR strings? */
+bool config_net_match(const struct strlist *nets, const char *addr);
 
 /* config_defaults - fill the embedded default (no file) */
 void config_defaults(struct config *c);

@@ -109,8 +109,10 @@ size_t smtp_data_feed(struct smtp_data *d, const void *in, size_t len, smtp_data
 			*done = true;
 		return 0;
 	}
+	if (len == 0)
+		return 0;
 	for (int k = 0; k < 3; k++) {
-		const unsigned char *q = len > 0 ? memchr(p, scan_chars[k], len) : NULL;
+		const unsigned char *q = memchr(p, scan_chars[k], len);
 
 		s.next[k] = q != NULL ? (size_t)(q - p) : len;
 	}

@@ -21,7 +21,7 @@ typedef void (*smtp_data_emit_fn)(void *ctx, const void *p, size_t n);
 struct smtp_data {
 	int state;        /* internal */
 	bool literal;     /* BDAT: no dot handling, no end marker */
-	size_t max_line;  /* text line limit including CRLF (RFC 5321 §4.5.3.1.6: 1000) */
+	size_t max_line;  /* line limit with CRLF (RFC 5321 §4.5.3.1.6: 1000); 0 = none */
 	size_t line_len;  /* octets in the current line so far (before unstuffing) */
 	uint64_t octets;  /* content octets emitted so far */
 	bool bare_cr;     /* a CR not followed by LF was seen */
@@ -47,7 +47,8 @@ size_t smtp_data_feed(struct smtp_data *d, const void *in, size_t len, smtp_data
 
 /*
  * smtp_data_flush - end of a literal (BDAT LAST): a held-back CR is emitted
- * and counts as bare.
+ * and counts as bare. (In DATA mode, where it is not needed, a held-back
+ * line-leading "." is dropped as stuffing.)
  */
 void smtp_data_flush(struct smtp_data *d, smtp_data_emit_fn emit, void *ctx);
 

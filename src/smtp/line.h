@@ -24,7 +24,8 @@ enum smtp_line_status {
  *   TOO_LONG:  the line (with CRLF) is longer than max. If its CRLF is in buf,
  *              *consumed covers the whole line with CRLF and *line_len is its
  *              length; otherwise *consumed = len and *line_len = 0 and the caller
- *              must skip up to the next CRLF (smtp_line_skip).
+ *              must skip up to the next CRLF (smtp_line_skip; if the last
+ *              byte of buf was a CR, start it with *pending_cr = 1).
  * Checks are made in byte order, so the first problem in the line is reported.
  */
 enum smtp_line_status smtp_line_next(const char *buf, size_t len, size_t max, size_t *line_len,

@@ -28,7 +28,9 @@ void smtp_reply_vset(struct smtp_reply *r, int code, const char *enhanced, const
 /*
  * smtp_reply_format - render "CODE ENH TEXT\r\n" (single line) into buf;
  * returns the length, or 0 if buf is too small. CR, LF and NUL in the text
- * are replaced by spaces so a reply can never be split.
+ * are replaced by spaces so a reply can never be split. The output is also
+ * NUL-terminated (buflen counts that byte); a code outside 200..599 (e.g. 0,
+ * "no reply decided") renders nothing and returns 0.
  */
 size_t smtp_reply_format(const struct smtp_reply *r, char *buf, size_t buflen);
 

@@ -8,12 +8,12 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: strictmx COMMAND [ARGS]\n"
-		   "\n"
-		   "commands:\n"
-		   "  help        show this text\n"
-		   "  version     print the version (also: --version)\n"
-		   "\n"
-		   "The daemon is strictmxd; see README.md.\n");
+	           "\n"
+	           "commands:\n"
+	           "  help        show this text\n"
+	           "  version     print the version (also: --version)\n"
+	           "\n"
+	           "The daemon is strictmxd; see README.md.\n");
 }
 
 int main(int argc, char **argv)

@@ -32,9 +32,9 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: strictmxd [-t] [-c FILE] [-V]\n"
-		   "  -c FILE  configuration file (INI; see docs/configuration.md)\n"
-		   "  -t       check the configuration and exit\n"
-		   "  -V       print the version and exit\n");
+	           "  -c FILE  configuration file (INI; see docs/configuration.md)\n"
+	           "  -t       check the configuration and exit\n"
+	           "  -V       print the version and exit\n");
 }
 
 /* mkdir_p - create dir and its parents (mode for the ones created) */
@@ -67,13 +67,13 @@ static int prepare_dirs(const struct config *c, const struct passwd *pw)
 	for (size_t i = 0; i < 3; i++) {
 		if (mkdir_p(dirs[i], 0700) < 0) {
 			log_err("event=startup_error error=\"mkdir %s: %s\"", dirs[i],
-				strerror(errno));
+			        strerror(errno));
 			free(spool);
 			return -1;
 		}
 		if (pw && chown(dirs[i], pw->pw_uid, pw->pw_gid) < 0) {
 			log_err("event=startup_error error=\"chown %s: %s\"", dirs[i],
-				strerror(errno));
+			        strerror(errno));
 			free(spool);
 			return -1;
 		}
@@ -86,7 +86,7 @@ static int drop_privileges(const struct passwd *pw)
 {
 	if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
 		log_err("event=startup_error error=\"cannot switch to user %s: %s\"", pw->pw_name,
-			strerror(errno));
+		        strerror(errno));
 		return -1;
 	}
 	if (pw->pw_uid != 0 && setuid(0) == 0) {
@@ -113,8 +113,8 @@ int main(int argc, char **argv)
 	struct config cfg;
 
 	static const struct option longopts[] = {{"version", no_argument, NULL, 'V'},
-						 {"help", no_argument, NULL, 'h'},
-						 {NULL, 0, NULL, 0}};
+	                                         {"help", no_argument, NULL, 'h'},
+	                                         {NULL, 0, NULL, 0}};
 	while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
@@ -158,10 +158,10 @@ int main(int argc, char **argv)
 
 	enum log_level lvl = LOG_LVL_INFO;
 	if (cfg.log_level) {
-		lvl = !strcmp(cfg.log_level, "debug")	? LOG_LVL_DEBUG
+		lvl = !strcmp(cfg.log_level, "debug")     ? LOG_LVL_DEBUG
 		      : !strcmp(cfg.log_level, "warning") ? LOG_LVL_WARN
 		      : !strcmp(cfg.log_level, "error")   ? LOG_LVL_ERR
-							  : LOG_LVL_INFO;
+		                                          : LOG_LVL_INFO;
 	}
 	log_init("strictmxd", cfg.syslog, lvl);
 	signal(SIGPIPE, SIG_IGN);
@@ -175,7 +175,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		if (pw->pw_uid == 0)
-			log_warn("event=startup_warning msg=\"running as root: set [server] user\"");
+			log_warn(
+			    "event=startup_warning msg=\"running as root: set [server] user\"");
 	}
 	if (prepare_dirs(&cfg, pw) < 0) {
 		config_free(&cfg);
@@ -207,8 +208,8 @@ int main(int argc, char **argv)
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
-	log_info("event=started version=%s hostname=%s config=%s", STRICTMX_VERSION,
-		 cfg.hostname, path ? path : "embedded");
+	log_info("event=started version=%s hostname=%s config=%s", STRICTMX_VERSION, cfg.hostname,
+	         path ? path : "embedded");
 
 	event_base_dispatch(base);
 

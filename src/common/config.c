@@ -75,12 +75,11 @@ void config_defaults(struct config *c)
 
 void config_free(struct config *c)
 {
-	char **strs[] = {&c->path,          &c->hostname,         &c->data_dir,
-			 &c->info_url,      &c->user,             &c->log_level,
-			 &c->maildir,       &c->lmtp,             &c->tls_protocols,
-			 &c->tls_ciphers,   &c->tls_ciphersuites, &c->tls_groups,
-			 &c->out_protocols, &c->out_ciphers,      &c->out_ciphersuites,
-			 &c->out_groups,    &c->ca_file,          &c->helo_name};
+	char **strs[] = {&c->path,          &c->hostname,    &c->data_dir,         &c->info_url,
+	                 &c->user,          &c->log_level,   &c->maildir,          &c->lmtp,
+	                 &c->tls_protocols, &c->tls_ciphers, &c->tls_ciphersuites, &c->tls_groups,
+	                 &c->out_protocols, &c->out_ciphers, &c->out_ciphersuites, &c->out_groups,
+	                 &c->ca_file,       &c->helo_name};
 	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
 		free(*strs[i]);
 		*strs[i] = NULL;
@@ -118,8 +117,7 @@ int config_parse_bool(const char *v, bool *out)
 	return -1;
 }
 
-static int parse_number(const char *v, const char *suffixes, const uint64_t *mults,
-			uint64_t *out)
+static int parse_number(const char *v, const char *suffixes, const uint64_t *mults, uint64_t *out)
 {
 	char *end;
 	if (!isdigit((unsigned char)*v))
@@ -274,7 +272,7 @@ static struct config_listener *add_listener(struct config *c, const char *host, 
 
 /* split a comma/space separated value; calls fn for each non-empty item */
 static int each_item(struct parse_ctx *p, const char *v, const char *key,
-		     int (*fn)(struct parse_ctx *, const char *, const char *))
+                     int (*fn)(struct parse_ctx *, const char *, const char *))
 {
 	char *copy = xstrdup(v), *save = NULL;
 	int ok = 1;
@@ -291,8 +289,10 @@ static int item_listen(struct parse_ctx *p, const char *key, const char *t)
 {
 	char host[64], port[8];
 	if (config_parse_hostport(t, host, sizeof(host), port, sizeof(port)) < 0)
-		return perr(p, "%s: bad address '%s' (expected ADDR:PORT, e.g. 0.0.0.0:25 or "
-			       "[::]:25)", key, t);
+		return perr(p,
+		            "%s: bad address '%s' (expected ADDR:PORT, e.g. 0.0.0.0:25 or "
+		            "[::]:25)",
+		            key, t);
 	add_listener(p->c, host, port);
 	return 1;
 }
@@ -346,7 +346,7 @@ static int set_bool(struct parse_ctx *p, const char *key, const char *v, bool *o
 }
 
 static int set_count(struct parse_ctx *p, const char *key, const char *v, size_t lo, size_t hi,
-		     size_t *out)
+                     size_t *out)
 {
 	uint64_t n;
 	if (config_parse_size(v, &n) < 0 || n < lo || n > hi)
@@ -605,7 +605,7 @@ static int enter_domain(struct parse_ctx *p, const char *section)
 	for (size_t i = 0; i < p->c->n_domains; i++)
 		if (!strcmp(p->c->domains[i].name, name))
 			return perr(p, "[domain \"%s\"] given twice (first at line %d)", name,
-				    p->c->domains[i].line);
+			            p->c->domains[i].line);
 	p->c->domains = xrealloc(p->c->domains, (p->c->n_domains + 1) * sizeof(*p->c->domains));
 	struct config_domain *d = &p->c->domains[p->c->n_domains];
 	memset(d, 0, sizeof(*d));
@@ -658,7 +658,8 @@ static int handle_domain(struct parse_ctx *p, const char *k, const char *v)
 		else if (!strcmp(v, "encrypt-only"))
 			d->tls = CONFIG_TLS_ENCRYPT_ONLY;
 		else
-			return perr(p, "tls: expected verify, dane-only or encrypt-only, got '%s'", v);
+			return perr(p, "tls: expected verify, dane-only or encrypt-only, got '%s'",
+			            v);
 		return 1;
 	}
 	if (!strcmp(k, "match"))
@@ -719,7 +720,7 @@ static int handler(void *user, const char *section, const char *name, const char
 	if (!strncmp(section, "domain ", 7)) {
 		if (strcmp(p->cur_domain_section, section) != 0) {
 			snprintf(p->cur_domain_section, sizeof(p->cur_domain_section), "%s",
-				 section);
+			         section);
 			if (!enter_domain(p, section))
 				return 0;
 		}
@@ -754,7 +755,7 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen)
 		return -1;
 	if (rc != 0) {
 		snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)",
-			 path, rc > 0 ? rc : p.line);
+		         path, rc > 0 ? rc : p.line);
 		return -1;
 	}
 	return 0;
@@ -787,8 +788,10 @@ int config_finish(struct config *c, char *err, size_t errlen)
 	if (!c->dns_forward && c->trust_anchors.n == 0 && c->stubs.n == 0)
 		strlist_add(&c->trust_anchors, "/usr/share/dns/root.key");
 	if (c->n_cert != c->n_key) {
-		snprintf(err, errlen, "%s: tls_cert and tls_key must come in pairs (%zu certs, %zu "
-				      "keys)", c->path ? c->path : "config", c->n_cert, c->n_key);
+		snprintf(err, errlen,
+		         "%s: tls_cert and tls_key must come in pairs (%zu certs, %zu "
+		         "keys)",
+		         c->path ? c->path : "config", c->n_cert, c->n_key);
 		return -1;
 	}
 	return 0;

@@ -86,19 +86,19 @@ struct config {
 	size_t errors;
 
 	/* [dns] */
-	bool dns_forward;              /* resolver = forward (/etc/resolv.conf), else recursive */
-	struct strlist trust_anchors;  /* files; default /usr/share/dns/root.key when recursive */
-	struct strlist stubs;          /* "zone@addr:port" */
+	bool dns_forward;             /* resolver = forward (/etc/resolv.conf), else recursive */
+	struct strlist trust_anchors; /* files; default /usr/share/dns/root.key when recursive */
+	struct strlist stubs;         /* "zone@addr:port" */
 
 	/* [outbound] */
 	unsigned smtp_port;
 	char *out_protocols, *out_ciphers, *out_ciphersuites, *out_groups;
-	char *ca_file;       /* PKIX trust anchors; default: the system store */
+	char *ca_file;           /* PKIX trust anchors; default: the system store */
 	bool tls_failure_bounce; /* tls_failure = bounce: no retries when no MX verifies */
 	size_t max_connections_per_domain;
 	unsigned connect_timeout;
 	unsigned out_command_timeout;
-	char *helo_name;     /* default: hostname */
+	char *helo_name; /* default: hostname */
 
 	/* [queue] */
 	unsigned max_queue_lifetime; /* seconds */
@@ -126,10 +126,9 @@ void config_free(struct config *c);
 
 /* parse helpers, also used by the CLI; 0 ok, -1 bad */
 int config_parse_bool(const char *v, bool *out);
-int config_parse_size(const char *v, uint64_t *out);      /* 35M, 512, 1G */
+int config_parse_size(const char *v, uint64_t *out);     /* 35M, 512, 1G */
 int config_parse_duration(const char *v, unsigned *out); /* 300, 5m, 1h */
-int config_parse_hostport(const char *v, char *host, size_t hostlen, char *port,
-			  size_t portlen);
+int config_parse_hostport(const char *v, char *host, size_t hostlen, char *port, size_t portlen);
 int config_parse_cidr(const char *v);
 
 #endif

@@ -51,7 +51,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 	fprintf(stderr, "%s.%03ldZ %s[%ld]: %s %s\n", when, ts.tv_nsec / 1000000L, log_ident,
-		(long)getpid(), level_names[lvl], line);
+	        (long)getpid(), level_names[lvl], line);
 }
 
 const char *log_escape(const void *in, size_t len, char *out, size_t outsz)

@@ -83,7 +83,8 @@ static int fail_temp(struct lmtp_job *j, const char *what)
 	return finish(j, &r);
 }
 
-static void send_line(struct lmtp_job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void send_line(struct lmtp_job *j, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void send_line(struct lmtp_job *j, const char *fmt, ...)
 {
@@ -150,9 +151,9 @@ static void count_failure(struct lmtp_job *j, const struct smtp_reply *r)
 		j->n_temp++;
 	if (j->fail.code == 0 || (j->fail.code >= 500 && r->code < 500)) {
 		/* a temporary failure wins: the client must retry */
-		smtp_reply_set(&j->fail, r->code >= 500 ? 550 : 451, r->code >= 500 ? "5.1.1" : "4.3.0",
-			       "Error: local delivery refused: %d %s %s", r->code, r->enhanced,
-			       r->text);
+		smtp_reply_set(
+		    &j->fail, r->code >= 500 ? 550 : 451, r->code >= 500 ? "5.1.1" : "4.3.0",
+		    "Error: local delivery refused: %d %s %s", r->code, r->enhanced, r->text);
 	}
 }
 
@@ -199,8 +200,8 @@ static int on_reply(struct lmtp_job *j, const struct smtp_reply *r)
 		j->state = L_QUIT;
 		send_line(j, "QUIT");
 		if (j->n_temp || j->n_perm) {
-			log_warn("event=lmtp_partial sid=%016llx temp=%zu perm=%zu", j->sid, j->n_temp,
-				 j->n_perm);
+			log_warn("event=lmtp_partial sid=%016llx temp=%zu perm=%zu", j->sid,
+			         j->n_temp, j->n_perm);
 			/* Some recipients have it already: without a queue there is no
 			 * per-recipient state, so the client retries all of them. */
 			return finish(j, &j->fail);
@@ -255,7 +256,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 struct lmtp_job *lmtp_deliver(struct event_base *base, const struct lmtp_request *req,
-			      lmtp_done_fn done, void *arg)
+                              lmtp_done_fn done, void *arg)
 {
 	struct lmtp_job *j = xcalloc(1, sizeof(*j));
 	j->base = base;

@@ -29,12 +29,12 @@ struct lmtp_request {
 	const char *from;       /* reverse path without <>, "" for null */
 	const char *const *rcpts;
 	size_t n_rcpts;
-	unsigned timeout; /* seconds per step */
+	unsigned timeout;       /* seconds per step */
 	unsigned long long sid; /* for logs */
 };
 
 struct lmtp_job *lmtp_deliver(struct event_base *base, const struct lmtp_request *req,
-			      lmtp_done_fn done, void *arg);
+                              lmtp_done_fn done, void *arg);
 /* lmtp_cancel - stop without calling done (the session went away) */
 void lmtp_cancel(struct lmtp_job **job);
 

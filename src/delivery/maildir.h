@@ -33,7 +33,7 @@ struct maildir_rcpt {
  * The message handle is freed either way and the spool file removed.
  */
 int maildir_commit(struct maildir_msg **m, const char *base, const struct maildir_rcpt *rcpts,
-		   size_t n, char *err, size_t errlen);
+                   size_t n, char *err, size_t errlen);
 /*
  * maildir_spool_finish - make the spool file durable (fsync, close) without
  * delivering it: for a next hop (LMTP) that reads it by path. Then

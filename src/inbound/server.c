@@ -39,9 +39,9 @@
 #include "inbound/session.h"
 #include "tls/server.h"
 
-#define IN_CHUNK   65536         /* bytes handed to the session at once */
-#define OUT_HIGH   (256 * 1024)  /* stop reading while this much output waits */
-#define SPOOL_BUF  65536         /* spool writes are batched */
+#define IN_CHUNK  65536        /* bytes handed to the session at once */
+#define OUT_HIGH  (256 * 1024) /* stop reading while this much output waits */
+#define SPOOL_BUF 65536        /* spool writes are batched */
 
 struct conn {
 	struct inbound_server *srv;
@@ -134,13 +134,13 @@ static void store_log(struct conn *c, const struct inbound_envelope *env, const 
 	char from[SMTP_PATH_MAX * 4 + 4];
 	log_escape(env->from->addr, strlen(env->from->addr), from, sizeof(from));
 	if (err == NULL)
-		log_info("event=delivered sid=%016" PRIx64 " id=%s from=<%s> rcpts=%zu size=%" PRIu64
-			 " tls=%s via=%s status=2.0.0",
-			 c->id, env->queue_id, from, env->n_rcpts, env->size, env->tls ? "yes" : "no",
-			 c->srv->cfg->lmtp ? "lmtp" : "maildir");
+		log_info("event=delivered sid=%016" PRIx64
+		         " id=%s from=<%s> rcpts=%zu size=%" PRIu64 " tls=%s via=%s status=2.0.0",
+		         c->id, env->queue_id, from, env->n_rcpts, env->size,
+		         env->tls ? "yes" : "no", c->srv->cfg->lmtp ? "lmtp" : "maildir");
 	else
 		log_err("event=store_failed sid=%016" PRIx64 " id=%s from=<%s> error=\"%s\"", c->id,
-			env->queue_id, from, err);
+		        env->queue_id, from, err);
 }
 
 static void lmtp_done(void *arg, const struct smtp_reply *failure)
@@ -170,17 +170,17 @@ static void conn_store_lmtp(struct conn *c, const struct inbound_envelope *env)
 	char **rcpts = xcalloc(env->n_rcpts, sizeof(*rcpts));
 	for (size_t i = 0; i < env->n_rcpts; i++)
 		rcpts[i] = env->rcpts[i].domain[0]
-				   ? xstrdup(env->rcpts[i].addr)
-				   : xasprintf("%s@%s", env->rcpts[i].addr, cfg->local_domains.v[0]);
+		               ? xstrdup(env->rcpts[i].addr)
+		               : xasprintf("%s@%s", env->rcpts[i].addr, cfg->local_domains.v[0]);
 	struct lmtp_request req = {
-		.hostport = cfg->lmtp,
-		.lhlo_name = cfg->hostname,
-		.spool_path = maildir_spool_path(c->msg),
-		.from = env->from->addr,
-		.rcpts = (const char *const *)rcpts,
-		.n_rcpts = env->n_rcpts,
-		.timeout = cfg->timeout_command,
-		.sid = c->id,
+	    .hostport = cfg->lmtp,
+	    .lhlo_name = cfg->hostname,
+	    .spool_path = maildir_spool_path(c->msg),
+	    .from = env->from->addr,
+	    .rcpts = (const char *const *)rcpts,
+	    .n_rcpts = env->n_rcpts,
+	    .timeout = cfg->timeout_command,
+	    .sid = c->id,
 	};
 	c->lmtp = lmtp_deliver(c->srv->base, &req, lmtp_done, c);
 	for (size_t i = 0; i < env->n_rcpts; i++)
@@ -209,11 +209,11 @@ static void conn_store(struct conn *c)
 	}
 
 	struct maildir_rcpt *r = xcalloc(env.n_rcpts, sizeof(*r));
-	char (*users)[SMTP_LOCAL_MAX * 2 + 3] = xcalloc(env.n_rcpts, sizeof(*users));
-	char (*domains)[SMTP_DOMAIN_MAX + 1] = xcalloc(env.n_rcpts, sizeof(*domains));
+	char(*users)[SMTP_LOCAL_MAX * 2 + 3] = xcalloc(env.n_rcpts, sizeof(*users));
+	char(*domains)[SMTP_DOMAIN_MAX + 1] = xcalloc(env.n_rcpts, sizeof(*domains));
 	for (size_t i = 0; i < env.n_rcpts; i++) {
 		inbound_session_local_rcpt(&c->srv->cfg->local_domains, &env.rcpts[i], users[i],
-					   sizeof(users[i]), domains[i], sizeof(domains[i]));
+		                           sizeof(users[i]), domains[i], sizeof(domains[i]));
 		r[i].user = users[i];
 		r[i].domain = domains[i];
 	}
@@ -222,8 +222,8 @@ static void conn_store(struct conn *c)
 		snprintf(err, sizeof(err), "spool write failed");
 		maildir_abort(&c->msg);
 	} else {
-		rc = maildir_commit(&c->msg, c->srv->cfg->maildir, r, env.n_rcpts, err,
-				    sizeof(err));
+		rc =
+		    maildir_commit(&c->msg, c->srv->cfg->maildir, r, env.n_rcpts, err, sizeof(err));
 	}
 	store_log(c, &env, rc == 0 ? NULL : err);
 	if (rc == 0) {
@@ -253,9 +253,9 @@ static void conn_flush_output(struct conn *c)
 static void conn_set_timeouts(struct conn *c)
 {
 	const struct config *cfg = c->srv->cfg;
-	unsigned secs = c->handshaking                      ? cfg->timeout_tls
-			: inbound_session_in_data(c->sess) ? cfg->timeout_data
-							   : cfg->timeout_command;
+	unsigned secs = c->handshaking                     ? cfg->timeout_tls
+	                : inbound_session_in_data(c->sess) ? cfg->timeout_data
+	                                                   : cfg->timeout_command;
 	struct timeval tv = {.tv_sec = secs};
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 }
@@ -285,7 +285,7 @@ static void conn_start_tls(struct conn *c)
 	c->tls_pending = false;
 	if (evbuffer_get_length(in) > 0) {
 		log_info("event=starttls_injection sid=%016" PRIx64 " bytes=%zu", c->id,
-			 evbuffer_get_length(in));
+		         evbuffer_get_length(in));
 		conn_free(c);
 		return;
 	}
@@ -297,8 +297,8 @@ static void conn_start_tls(struct conn *c)
 	}
 	bufferevent_free(c->bev);
 	/* CLOSE_ON_FREE: libevent frees the SSL (and the socket) only then */
-	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl,
-						BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	                                        BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		log_err("event=tls_error sid=%016" PRIx64 " error=bufferevent", c->id);
 		SSL_free(ssl);
@@ -331,7 +331,7 @@ static void conn_tls_done(struct conn *c)
 	c->handshaking = false;
 	c->tls = true;
 	log_info("event=tls sid=%016" PRIx64 " ip=%s protocol=%s cipher=%s", c->id, c->ip,
-		 SSL_get_version(ssl), SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+	         SSL_get_version(ssl), SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
 	inbound_session_tls_started(c->sess, desc);
 	conn_set_timeouts(c);
 	conn_process(c);
@@ -419,7 +419,9 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
-			 c->handshaking ? "tls" : inbound_session_in_data(c->sess) ? "data" : "command");
+		         c->handshaking                     ? "tls"
+		         : inbound_session_in_data(c->sess) ? "data"
+		                                            : "command");
 		if (c->handshaking || c->closing) {
 			conn_free(c);
 			return;
@@ -439,8 +441,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			if (e)
 				ERR_error_string_n(e, buf, sizeof(buf));
 			log_info("event=%s sid=%016" PRIx64 " ip=%s%s%s%s",
-				 c->handshaking ? "tls_failed" : "conn_error", c->id, c->ip,
-				 buf[0] ? " error=\"" : "", buf, buf[0] ? "\"" : "");
+			         c->handshaking ? "tls_failed" : "conn_error", c->id, c->ip,
+			         buf[0] ? " error=\"" : "", buf, buf[0] ? "\"" : "");
 		}
 		conn_free(c);
 	}
@@ -450,7 +452,7 @@ static void conn_free(struct conn *c)
 {
 	struct inbound_server *srv = c->srv;
 	log_info("event=disconnect sid=%016" PRIx64 " ip=%s duration=%ld", c->id, c->ip,
-		 (long)(time(NULL) - c->started));
+	         (long)(time(NULL) - c->started));
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -483,8 +485,8 @@ static void reject_connection(evutil_socket_t fd, const char *host, const char *
 	evutil_closesocket(fd);
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-		      int salen, void *arg)
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
 {
 	struct inbound_server *srv = arg;
 	const struct config *cfg = srv->cfg;
@@ -497,7 +499,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 	if (srv->n_conns >= cfg->connections) {
 		log_warn("event=reject ip=%s reason=too_many_connections total=%zu", ip,
-			 srv->n_conns);
+		         srv->n_conns);
 		reject_connection(fd, cfg->hostname, "too many connections");
 		return;
 	}
@@ -507,7 +509,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 			same++;
 	if (same >= cfg->connections_per_ip) {
 		log_warn("event=reject ip=%s reason=too_many_connections_from_ip count=%zu", ip,
-			 same);
+		         same);
 		char why[128];
 		snprintf(why, sizeof(why), "too many connections from %s", ip);
 		reject_connection(fd, cfg->hostname, why);
@@ -536,19 +538,19 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		return;
 	}
 	struct inbound_params p = {
-		.hostname = cfg->hostname,
-		.info_url = cfg->info_url,
-		.require_tls = lc ? lc->require_tls : cfg->require_tls,
-		.tls_available = srv->tls != NULL,
-		.local_domains = &cfg->local_domains,
-		.line_max = cfg->line_length,
-		.text_line_max = cfg->text_line_length,
-		.size_max = cfg->message_size,
-		.rcpt_max = cfg->recipients,
-		.errors_max = cfg->errors,
-		.peer_ip = c->ip,
-		.id = c->id,
-		.sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
+	    .hostname = cfg->hostname,
+	    .info_url = cfg->info_url,
+	    .require_tls = lc ? lc->require_tls : cfg->require_tls,
+	    .tls_available = srv->tls != NULL,
+	    .local_domains = &cfg->local_domains,
+	    .line_max = cfg->line_length,
+	    .text_line_max = cfg->text_line_length,
+	    .size_max = cfg->message_size,
+	    .rcpt_max = cfg->recipients,
+	    .errors_max = cfg->errors,
+	    .peer_ip = c->ip,
+	    .id = c->id,
+	    .sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
 	};
 	c->sess = inbound_session_new(&p);
 	c->next = srv->conns;
@@ -556,8 +558,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		srv->conns->prev = c;
 	srv->conns = c;
 	srv->n_conns++;
-	log_info("event=connect sid=%016" PRIx64 " ip=%s listener=%s:%s require_tls=%s", c->id,
-		 ip, lc ? lc->host : "?", lc ? lc->port : "?", p.require_tls ? "yes" : "no");
+	log_info("event=connect sid=%016" PRIx64 " ip=%s listener=%s:%s require_tls=%s", c->id, ip,
+	         lc ? lc->host : "?", lc ? lc->port : "?", p.require_tls ? "yes" : "no");
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	inbound_session_greet(c->sess);
 	conn_flush_output(c);
@@ -574,7 +576,7 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 }
 
 struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
-					  SSL_CTX *tls, char *err, size_t errlen)
+                                          SSL_CTX *tls, char *err, size_t errlen)
 {
 	struct inbound_server *srv = xcalloc(1, sizeof(*srv));
 	srv->base = base;
@@ -590,7 +592,7 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 		int sslen = sizeof(ss);
 		char spec[128];
 		snprintf(spec, sizeof(spec), strchr(lc->host, ':') ? "[%s]:%s" : "%s:%s", lc->host,
-			 lc->port);
+		         lc->port);
 		memset(&ss, 0, sizeof(ss));
 		if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) < 0) {
 			snprintf(err, errlen, "listen %s: bad address", spec);
@@ -599,9 +601,9 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 		}
 		/* No LEV_OPT_DEFERRED_ACCEPT: the server speaks first in SMTP. */
 		struct evconnlistener *l = evconnlistener_new_bind(
-			base, accept_cb, srv,
-			LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
-			(struct sockaddr *)&ss, sslen);
+		    base, accept_cb, srv,
+		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
+		    (struct sockaddr *)&ss, sslen);
 		if (l == NULL) {
 			snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
 			inbound_server_free(&srv);
@@ -611,7 +613,7 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 		srv->listeners[srv->n_listeners] = l;
 		srv->listener_cfg[srv->n_listeners++] = lc;
 		log_info("event=listening addr=%s port=%s require_tls=%s", lc->host, lc->port,
-			 lc->require_tls ? "yes" : "no");
+		         lc->require_tls ? "yes" : "no");
 	}
 	return srv;
 }

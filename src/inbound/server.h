@@ -19,7 +19,7 @@ struct inbound_server;
  * tls may be NULL (no STARTTLS offered). NULL with err on failure.
  */
 struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
-					  SSL_CTX *tls, char *err, size_t errlen);
+                                          SSL_CTX *tls, char *err, size_t errlen);
 void inbound_server_free(struct inbound_server **srv);
 
 #endif

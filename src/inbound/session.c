@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/qid.h"
 #include "common/xmalloc.h"
 #include "delivery/maildir.h"
 #include "smtp/data.h"
@@ -50,10 +51,10 @@ struct tx {
 	size_t n_rcpts;
 	bool used_bdat;
 	bool used_data;
-	bool failed;     /* BDAT: an error; chunks are discarded until LAST/RSET */
-	bool sink_open;  /* content is going to the sink */
-	bool too_big;    /* over size_max: content no longer written */
-	uint64_t size;   /* content octets given to the sink */
+	bool failed;    /* BDAT: an error; chunks are discarded until LAST/RSET */
+	bool sink_open; /* content is going to the sink */
+	bool too_big;   /* over size_max: content no longer written */
+	uint64_t size;  /* content octets given to the sink */
 	struct smtp_data dec;
 	unsigned number; /* transaction number in this session */
 };
@@ -73,7 +74,7 @@ struct inbound_session {
 	/* BDAT chunk in progress */
 	uint64_t bdat_left;
 	bool bdat_last;
-	bool bdat_discard; /* the chunk is read and thrown away */
+	bool bdat_discard;            /* the chunk is read and thrown away */
 	struct smtp_reply bdat_reply; /* reply decided for a discarded chunk */
 	int skip_cr;
 	char queue_id[40];
@@ -88,7 +89,7 @@ static void enter_state(struct inbound_session *s, enum state st)
 {
 	if (s->state != st)
 		log_debug("event=state sid=%016" PRIx64 " from=%s to=%s", s->p.id,
-			  state_names[s->state], state_names[st]);
+		          state_names[s->state], state_names[st]);
 	s->state = st;
 }
 
@@ -128,10 +129,10 @@ static void reply_r(struct inbound_session *s, const struct smtp_reply *r)
 	if (r->code >= 400 && r->code != 421 && s->state != ST_CLOSED) {
 		if (++s->errors >= s->p.errors_max) {
 			log_info("event=too_many_errors sid=%016" PRIx64 " errors=%zu", s->p.id,
-				 s->errors);
+			         s->errors);
 			struct smtp_reply bye;
 			smtp_reply_set(&bye, 421, "4.7.0", "%s Error: too many errors",
-				       s->p.hostname);
+			               s->p.hostname);
 			send_reply(s, &bye);
 			close_session(s);
 		}
@@ -139,7 +140,7 @@ static void reply_r(struct inbound_session *s, const struct smtp_reply *r)
 }
 
 static void reply(struct inbound_session *s, int code, const char *enh, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void reply(struct inbound_session *s, int code, const char *enh, const char *fmt, ...)
 {
@@ -266,11 +267,11 @@ static void cmd_helo(struct inbound_session *s, const struct smtp_cmd *c, bool e
 	}
 	char buf[1024];
 	int n = snprintf(buf, sizeof(buf),
-			 "250-%s\r\n250-PIPELINING\r\n250-SIZE %" PRIu64
-			 "\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n%s"
-			 "250 ENHANCEDSTATUSCODES\r\n",
-			 s->p.hostname, s->p.size_max,
-			 (!s->tls && s->p.tls_available) ? "250-STARTTLS\r\n" : "");
+	                 "250-%s\r\n250-PIPELINING\r\n250-SIZE %" PRIu64
+	                 "\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n%s"
+	                 "250 ENHANCEDSTATUSCODES\r\n",
+	                 s->p.hostname, s->p.size_max,
+	                 (!s->tls && s->p.tls_available) ? "250-STARTTLS\r\n" : "");
 	out_append(s, buf, (size_t)n);
 }
 
@@ -316,7 +317,7 @@ void inbound_session_tls_started(struct inbound_session *s, const char *desc)
 }
 
 bool inbound_session_local_rcpt(const struct strlist *local_domains, const struct smtp_path *p,
-				char *user, size_t userlen, char *domain, size_t domainlen)
+                                char *user, size_t userlen, char *domain, size_t domainlen)
 {
 	const char *dom = p->domain;
 	if (*dom == '\0') { /* <Postmaster> (RFC 5321 §4.5.1) */
@@ -357,8 +358,8 @@ static void cmd_mail(struct inbound_session *s, const struct smtp_cmd *c)
 		return;
 	}
 	tx_reset(s);
-	if (smtp_parse_mail(c->arg, c->arg_len, s->p.size_max, &s->tx.from, &s->tx.params,
-			    &err) < 0) {
+	if (smtp_parse_mail(c->arg, c->arg_len, s->p.size_max, &s->tx.from, &s->tx.params, &err) <
+	    0) {
 		reply_r(s, &err);
 		return;
 	}
@@ -392,7 +393,7 @@ static void cmd_rcpt(struct inbound_session *s, const struct smtp_cmd *c)
 		return;
 	}
 	if (!inbound_session_local_rcpt(s->p.local_domains, &path, user, sizeof(user), domain,
-					sizeof(domain))) {
+	                                sizeof(domain))) {
 		/* Outbound relaying comes with the queue (issue 3). */
 		reply(s, 554, "5.7.1", "<%s>: Relay access denied", path.addr);
 		return;
@@ -445,13 +446,10 @@ static void rfc5322_date(char *buf, size_t len)
  */
 static bool begin_content(struct inbound_session *s)
 {
-	if (s->p.sink.begin(s->p.sink.ctx) < 0) {
-		reply(s, 451, "4.3.0", "Error: queue file write error");
+	if (s->p.sink.begin(s->p.sink.ctx) < 0)
 		return false;
-	}
 	s->tx.sink_open = true;
-	snprintf(s->queue_id, sizeof(s->queue_id), "%012" PRIX64 "%04X",
-		 (uint64_t)(s->p.id & 0xffffffffffffULL), s->tx.number & 0xffff);
+	qid_new(s->queue_id);
 	char date[64], hdr[1200], tlsline[200] = "";
 	rfc5322_date(date, sizeof(date));
 	if (s->tls)
@@ -460,10 +458,11 @@ static bool begin_content(struct inbound_session *s)
 	char forclause[SMTP_PATH_MAX + 16] = "";
 	if (s->tx.n_rcpts == 1)
 		snprintf(forclause, sizeof(forclause), "\r\n\tfor <%s>", s->tx.rcpts[0].addr);
-	int n = snprintf(hdr, sizeof(hdr),
-			 "Received: from %s ([%s])%s\r\n\tby %s (strictmx) with %s id %s%s;\r\n\t%s\r\n",
-			 s->helo, s->p.peer_ip ? s->p.peer_ip : "unknown", tlsline, s->p.hostname,
-			 proto, s->queue_id, forclause, date);
+	int n = snprintf(
+	    hdr, sizeof(hdr),
+	    "Received: from %s ([%s])%s\r\n\tby %s (strictmx) with %s id %s%s;\r\n\t%s\r\n",
+	    s->helo, s->p.peer_ip ? s->p.peer_ip : "unknown", tlsline, s->p.hostname, proto,
+	    s->queue_id, forclause, date);
 	if (n > 0 && (size_t)n < sizeof(hdr))
 		sink_write(s, hdr, (size_t)n);
 	return true;
@@ -474,10 +473,11 @@ static int content_check(struct inbound_session *s)
 {
 	const struct smtp_data *d = &s->tx.dec;
 	if (d->bare_lf || d->bare_cr) {
+		const char *what = d->bare_lf ? "LF" : "CR"; /* tx_reset clears d */
 		log_info("event=reject sid=%016" PRIx64 " reason=bare_%s", s->p.id,
-			 d->bare_lf ? "lf" : "cr");
+		         d->bare_lf ? "lf" : "cr");
 		tx_reset(s);
-		reply(s, 550, "5.5.2", "Error: bare <%s> received", d->bare_lf ? "LF" : "CR");
+		reply(s, 550, "5.5.2", "Error: bare <%s> received", what);
 		close_session(s);
 		return -1;
 	}
@@ -533,15 +533,17 @@ static void cmd_data(struct inbound_session *s, const struct smtp_cmd *c, size_t
 	if (rest > 0) {
 		/* RFC 2920 §3.1: DATA ends a pipelined group; content before our 354
 		 * is a client that does not wait (the smtpsmug "pipelining" case). */
-		log_info("event=reject sid=%016" PRIx64 " reason=pipelined_data bytes=%zu",
-			 s->p.id, rest);
+		log_info("event=reject sid=%016" PRIx64 " reason=pipelined_data bytes=%zu", s->p.id,
+		         rest);
 		tx_reset(s);
 		reply(s, 554, "5.5.0", "Error: SMTP protocol synchronization");
 		close_session(s);
 		return;
 	}
-	if (!begin_content(s))
+	if (!begin_content(s)) {
+		reply(s, 451, "4.3.0", "Error: queue file write error");
 		return;
+	}
 	s->tx.used_data = true;
 	smtp_data_init(&s->tx.dec, s->p.text_line_max, false);
 	reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
@@ -571,9 +573,9 @@ static void cmd_bdat(struct inbound_session *s, const struct smtp_cmd *c)
 	 * stays in step; a refused chunk is consumed and thrown away. */
 	if (s->p.require_tls && !s->tls) {
 		smtp_reply_set(&s->bdat_reply, 530, "5.7.0", "%s%s%s%s", MUST_STARTTLS,
-			       s->p.info_url && *s->p.info_url ? " (see " : "",
-			       s->p.info_url && *s->p.info_url ? s->p.info_url : "",
-			       s->p.info_url && *s->p.info_url ? ")" : "");
+		               s->p.info_url && *s->p.info_url ? " (see " : "",
+		               s->p.info_url && *s->p.info_url ? s->p.info_url : "",
+		               s->p.info_url && *s->p.info_url ? ")" : "");
 	} else if (!s->tx.active) {
 		smtp_reply_set(&s->bdat_reply, 503, "5.5.1", "Error: need MAIL command");
 	} else if (s->tx.used_data) {
@@ -582,13 +584,13 @@ static void cmd_bdat(struct inbound_session *s, const struct smtp_cmd *c)
 		smtp_reply_set(&s->bdat_reply, 554, "5.5.1", "Error: no valid recipients");
 	} else if (s->tx.failed) {
 		smtp_reply_set(&s->bdat_reply, 503, "5.5.1",
-			       "Error: an earlier chunk was refused; send RSET");
+		               "Error: an earlier chunk was refused; send RSET");
 	} else {
 		if (!s->tx.used_bdat) {
 			if (!begin_content(s)) {
 				s->tx.failed = true;
 				smtp_reply_set(&s->bdat_reply, 451, "4.3.0",
-					       "Error: queue file write error");
+				               "Error: queue file write error");
 				enter_state(s, ST_BDAT);
 				return;
 			}
@@ -599,7 +601,7 @@ static void cmd_bdat(struct inbound_session *s, const struct smtp_cmd *c)
 			s->tx.failed = true;
 			s->tx.too_big = true;
 			smtp_reply_set(&s->bdat_reply, 552, "5.3.4",
-				       "Error: chunk exceeds message size limit");
+			               "Error: chunk exceeds message size limit");
 		} else {
 			s->bdat_discard = false;
 		}
@@ -722,10 +724,10 @@ static size_t input_cmd(struct inbound_session *s, const char *buf, size_t len)
 	case SMTP_LINE_BARE_CR:
 	case SMTP_LINE_NUL: {
 		const char *what = st == SMTP_LINE_BARE_LF   ? "bare <LF>"
-				   : st == SMTP_LINE_BARE_CR ? "bare <CR>"
-							     : "NUL character";
+		                   : st == SMTP_LINE_BARE_CR ? "bare <CR>"
+		                                             : "NUL character";
 		log_info("event=reject sid=%016" PRIx64 " reason=command_%s", s->p.id,
-			 st == SMTP_LINE_NUL ? "nul" : "bare_newline");
+		         st == SMTP_LINE_NUL ? "nul" : "bare_newline");
 		tx_reset(s);
 		reply(s, 550, "5.5.2", "Error: %s received", what);
 		close_session(s);
@@ -733,7 +735,7 @@ static size_t input_cmd(struct inbound_session *s, const char *buf, size_t len)
 	}
 	case SMTP_LINE_TOO_LONG:
 		reply(s, 500, "5.5.2", "Error: line too long");
-		if (consumed == len && s->state != ST_CLOSED) {
+		if (line_len == 0 && s->state != ST_CLOSED) {
 			s->skip_cr = 0;
 			/* the CRLF may have been cut in half at the end of buf */
 			if (len > 0 && buf[len - 1] == '\r')

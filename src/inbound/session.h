@@ -107,6 +107,6 @@ bool inbound_session_in_data(const struct inbound_session *s);
 
 /* inbound_session_local_user - is addr@domain a local mailbox? fills user */
 bool inbound_session_local_rcpt(const struct strlist *local_domains, const struct smtp_path *p,
-				char *user, size_t userlen, char *domain, size_t domainlen);
+                                char *user, size_t userlen, char *domain, size_t domainlen);
 
 #endif

@@ -29,6 +29,6 @@ enum smtp_rp_status {
 void smtp_reply_parser_init(struct smtp_reply_parser *p);
 /* smtp_reply_parser_line - one line, without its CRLF */
 enum smtp_rp_status smtp_reply_parser_line(struct smtp_reply_parser *p, const char *line,
-					   size_t len);
+                                           size_t len);
 
 #endif

@@ -12,6 +12,8 @@
  */
 #include "tls/server.h"
 
+#include "tls/policy.h"
+
 #include "common/config.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
@@ -33,14 +35,6 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
-
-#define DEFAULT_CIPHERS                                                                            \
-	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                               \
-	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"                               \
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
-#define DEFAULT_CIPHERSUITES                                                                       \
-	"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
-#define DEFAULT_GROUPS "X25519:P-256:P-384"
 
 /* "AA:BB:..." for a SHA-256 digest, with the terminating NUL */
 #define FINGERPRINT_LEN (SHA256_DIGEST_LENGTH * 3)
@@ -108,79 +102,6 @@ void tls_describe(const SSL *ssl, char *buf, size_t len)
 	bits = SSL_CIPHER_get_bits(cipher, &alg_bits);
 	snprintf(buf, len, "%s with cipher %s (%d/%d bits)", SSL_get_version(ssl),
 	         SSL_CIPHER_get_name(cipher), bits, alg_bits);
-}
-
-/*
- * set_protocols - "TLSv1.2 TLSv1.3" (separated by blanks, commas or colons)
- * gives the min and max version. Nothing older than TLS 1.2 is accepted: RFC
- * 8996 deprecates TLS 1.0 and 1.1, and RFC 8314 §4.1 asks for 1.2 or later.
- */
-static int set_protocols(SSL_CTX *ctx, const char *spec, char *err, size_t errlen)
-{
-	int min = 0, max = 0;
-	const char *p = spec;
-
-	if (!is_set(spec)) {
-		min = TLS1_2_VERSION;
-		max = TLS1_3_VERSION;
-	}
-	while (p != NULL && *p != '\0') {
-		size_t n;
-		int v;
-
-		p += strspn(p, " \t,:");
-		n = strcspn(p, " \t,:");
-		if (n == 0)
-			break;
-		if (n == 7 && strncmp(p, "TLSv1.2", n) == 0) {
-			v = TLS1_2_VERSION;
-		} else if (n == 7 && strncmp(p, "TLSv1.3", n) == 0) {
-			v = TLS1_3_VERSION;
-		} else {
-			snprintf(err, errlen,
-			         "[tls] protocols: unsupported protocol \"%.*s\" (only TLSv1.2 and "
-			         "TLSv1.3)",
-			         (int)(n > 40 ? 40 : n), p);
-			return -1;
-		}
-		if (min == 0 || v < min)
-			min = v;
-		if (v > max)
-			max = v;
-		p += n;
-	}
-	if (min == 0) {
-		snprintf(err, errlen, "[tls] protocols: no protocol given");
-		return -1;
-	}
-	if (!SSL_CTX_set_min_proto_version(ctx, min) || !SSL_CTX_set_max_proto_version(ctx, max)) {
-		snprintf(err, errlen, "[tls] protocols: %s", ossl_reason());
-		return -1;
-	}
-	return 0;
-}
-
-static int set_algorithms(SSL_CTX *ctx, const struct config *c, char *err, size_t errlen)
-{
-	const char *ciphers = is_set(c->tls_ciphers) ? c->tls_ciphers : DEFAULT_CIPHERS;
-	const char *suites =
-	    is_set(c->tls_ciphersuites) ? c->tls_ciphersuites : DEFAULT_CIPHERSUITES;
-	const char *groups = is_set(c->tls_groups) ? c->tls_groups : DEFAULT_GROUPS;
-
-	/* fails only when nothing matched; unknown words are skipped by OpenSSL */
-	if (!SSL_CTX_set_cipher_list(ctx, ciphers)) {
-		snprintf(err, errlen, "[tls] ciphers \"%s\": %s", ciphers, ossl_reason());
-		return -1;
-	}
-	if (!SSL_CTX_set_ciphersuites(ctx, suites)) {
-		snprintf(err, errlen, "[tls] ciphersuites \"%s\": %s", suites, ossl_reason());
-		return -1;
-	}
-	if (!SSL_CTX_set1_groups_list(ctx, groups)) {
-		snprintf(err, errlen, "[tls] groups \"%s\": %s", groups, ossl_reason());
-		return -1;
-	}
-	return 0;
 }
 
 /* no_passphrase - never prompt on a terminal for an encrypted key */
@@ -616,14 +537,9 @@ SSL_CTX *tls_server_ctx_new(const struct config *c, char *err, size_t errlen)
 		snprintf(err, errlen, "SSL_CTX_new: %s", ossl_reason());
 		return NULL;
 	}
-	/*
-	 * Level 2 (112-bit security): refuses RSA/DH keys under 2048 bits and
-	 * SHA-1 signatures, so a weak configured certificate fails at start.
-	 */
-	SSL_CTX_set_security_level(ctx, 2);
-	if (set_protocols(ctx, c->tls_protocols, err, errlen) < 0)
-		goto fail;
-	if (set_algorithms(ctx, c, err, errlen) < 0)
+	/* security level 2 also makes a weak configured certificate fail at start */
+	if (tls_policy_apply(ctx, "tls", c->tls_protocols, c->tls_ciphers, c->tls_ciphersuites,
+	                     c->tls_groups, err, errlen) < 0)
 		goto fail;
 
 	/*

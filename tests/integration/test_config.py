@@ -106,6 +106,10 @@ require_tls = no
     def test_unknown_section(self):
         self.assert_error_at(BASE + "\n[nonsense]\nfoo = bar\n", "[nonsense]")
 
+    def test_unknown_section_empty(self):
+        """An unknown section without keys is still an error (docs: unknown sections are errors)."""
+        self.assert_error_at(BASE + "\n[nonsense]\n", "[nonsense]")
+
     def test_bad_bool(self):
         self.assert_error_at(BASE + "require_tls = maybe\n", "require_tls = maybe")
 

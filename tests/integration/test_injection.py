@@ -176,6 +176,47 @@ class Injection(unittest.TestCase):
         self.assertNotIn(b"250", data)
 
 
+class TlsShutdown(unittest.TestCase):
+    """A.6: close_notify in the middle of a transaction, then one cleartext byte."""
+
+    def setUp(self):
+        self.d = start_daemon(self)
+
+    def _shutdown_mid(self, start):
+        c = smxtest.tls_session(self.d.port)
+        self.addCleanup(c.close)
+        self.assertEqual(c.mail("sender@client.example").code, 250)
+        self.assertEqual(c.rcpt("u@example.org").code, 250)
+        start(c)
+        raw = socket.socket(fileno=os.dup(c.sock.fileno()))  # the TCP stream under TLS
+        self.addCleanup(raw.close)
+        try:
+            c.sock.settimeout(5)
+            c.sock.unwrap()  # sends close_notify (and reads the peer's, if any)
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        try:
+            raw.sendall(b"X")
+        except OSError:
+            pass
+        data, closed = read_raw_until_closed(raw, CLOSE_BOUND)
+        self.assertTrue(closed, "socket still open after close_notify + cleartext")
+        self.assertNotIn(b"250 ", data)
+        self.assertTrue(self.d.alive())
+        self.assertEqual(self.d.all_mail_files(), [], "a truncated transaction was stored")
+
+    def test_bdat(self):
+        def start(c):
+            c.send(b"BDAT 1000\r\n" + b"0123456789")
+        self._shutdown_mid(start)
+
+    def test_data(self):
+        def start(c):
+            self.assertEqual(c.cmd("DATA").code, 354)
+            c.send(b"Subject: cut\r\n\r\n0123456789")
+        self._shutdown_mid(start)
+
+
 class StateReset(unittest.TestCase):
     def setUp(self):
         self.d = start_daemon(self)

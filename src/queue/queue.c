@@ -1,0 +1,848 @@
+/*
+ * queue - durable queue, group commit, retry schedule; see queue.h and
+ * docs/queue.md for the why.
+ */
+#include "queue/queue.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/qid.h"
+#include "common/xmalloc.h"
+#include "delivery/maildir.h"
+#include "queue/dsn.h"
+
+#define MAX_JOBS    200 /* deliveries in flight */
+#define SCAN_LIMIT  1000
+#define RESCAN_SECS 30 /* wake up at least this often (CLI changes) */
+#define HEADERS_MAX 65536
+
+enum rcpt_state { RS_QUEUED = 0, RS_DELIVERED = 1, RS_FAILED = 2 };
+
+struct pending {
+	struct pending *next;
+	char id[40];
+	char *sender, *client_ip;
+	bool tls;
+	uint64_t size;
+	size_t n;
+	char **addr, **domain, **user;
+	struct maildir_msg *spool;
+	queue_commit_fn cb;
+	void *arg;
+	bool ok;
+	char err[256];
+	char *body_path;
+};
+
+struct active_job {
+	struct active_job *next;
+	struct queue_job job;
+};
+
+struct queue {
+	struct event_base *base;
+	const struct config *cfg;
+	sqlite3 *db;
+	char *dir; /* data_dir/queue */
+	struct pending *pending, **pending_tail;
+	struct event *commit_ev;
+	struct event *sched_ev;
+	struct active_job *active;
+	size_t n_active;
+	uint64_t next_job;
+	queue_deliver_fn deliver;
+	void *deliver_arg;
+	bool in_scan;
+};
+
+static const char SCHEMA[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA foreign_keys=ON;"
+    "CREATE TABLE IF NOT EXISTS message ("
+    " id TEXT PRIMARY KEY, sender TEXT NOT NULL, created INTEGER NOT NULL,"
+    " size INTEGER NOT NULL, client_ip TEXT, tls INTEGER NOT NULL DEFAULT 0,"
+    " warned INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS rcpt ("
+    " msg_id TEXT NOT NULL REFERENCES message(id) ON DELETE CASCADE,"
+    " rcpt TEXT NOT NULL, domain TEXT NOT NULL, local_user TEXT,"
+    " state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_try INTEGER NOT NULL, last_try INTEGER, status TEXT, reply TEXT, mx TEXT,"
+    " detail TEXT, PRIMARY KEY (msg_id, rcpt));"
+    "CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt(state, next_try);";
+
+static void schedule_commit(struct queue *q);
+static void schedule_scan(struct queue *q, time_t when);
+
+void queue_new_id(char out[32])
+{
+	qid_new(out);
+}
+
+static int db_exec(struct queue *q, const char *sql)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(q->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		log_err("event=queue_db_error sql=\"%.40s\" error=\"%s\"", sql, msg ? msg : "?");
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static sqlite3_stmt *prep(struct queue *q, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK)
+		fatal("queue: prepare \"%s\": %s", sql, sqlite3_errmsg(q->db));
+	return st;
+}
+
+static int fsync_path(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+static char *body_path(struct queue *q, const char *id)
+{
+	return xasprintf("%s/%s", q->dir, id);
+}
+
+/* ---- submission and group commit ---- */
+
+static void pending_free(struct pending *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->addr[i]);
+		free(p->domain[i]);
+		free(p->user[i]);
+	}
+	free(p->addr);
+	free(p->domain);
+	free(p->user);
+	free(p->sender);
+	free(p->client_ip);
+	free(p->body_path);
+	maildir_abort(&p->spool);
+	free(p);
+}
+
+void queue_submit(struct queue *q, const struct queue_msg_in *m, struct maildir_msg **spool,
+                  queue_commit_fn cb, void *arg)
+{
+	struct pending *p = xcalloc(1, sizeof(*p));
+	snprintf(p->id, sizeof(p->id), "%s", m->id);
+	p->sender = xstrdup(m->sender);
+	p->client_ip = xstrdup(m->client_ip ? m->client_ip : "");
+	p->tls = m->tls;
+	p->size = m->size;
+	p->n = m->n_rcpts;
+	p->addr = xcalloc(p->n, sizeof(char *));
+	p->domain = xcalloc(p->n, sizeof(char *));
+	p->user = xcalloc(p->n, sizeof(char *));
+	for (size_t i = 0; i < p->n; i++) {
+		p->addr[i] = xstrdup(m->rcpts[i].addr);
+		p->domain[i] = xstrdup(m->rcpts[i].domain);
+		p->user[i] = m->rcpts[i].local_user ? xstrdup(m->rcpts[i].local_user) : NULL;
+	}
+	p->spool = *spool;
+	*spool = NULL;
+	p->cb = cb;
+	p->arg = arg;
+	*q->pending_tail = p;
+	q->pending_tail = &p->next;
+	schedule_commit(q);
+}
+
+void queue_forget(struct queue *q, void *arg)
+{
+	for (struct pending *p = q->pending; p; p = p->next)
+		if (p->arg == arg)
+			p->cb = NULL;
+}
+
+/* insert_message - rows for one message inside the open transaction */
+static int insert_message(struct queue *q, const struct pending *p, time_t now)
+{
+	sqlite3_stmt *m = prep(q, "INSERT INTO message (id, sender, created, size, client_ip, "
+	                          "tls) VALUES (?,?,?,?,?,?)");
+	sqlite3_bind_text(m, 1, p->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(m, 2, p->sender, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(m, 3, now);
+	sqlite3_bind_int64(m, 4, (sqlite3_int64)p->size);
+	sqlite3_bind_text(m, 5, p->client_ip, -1, SQLITE_STATIC);
+	sqlite3_bind_int(m, 6, p->tls);
+	int rc = sqlite3_step(m) == SQLITE_DONE ? 0 : -1;
+	sqlite3_finalize(m);
+	if (rc < 0)
+		return -1;
+	sqlite3_stmt *r = prep(q, "INSERT OR IGNORE INTO rcpt (msg_id, rcpt, domain, local_user, "
+	                          "next_try) VALUES (?,?,?,?,?)");
+	for (size_t i = 0; i < p->n && rc == 0; i++) {
+		sqlite3_reset(r);
+		sqlite3_bind_text(r, 1, p->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(r, 2, p->addr[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(r, 3, p->domain[i], -1, SQLITE_STATIC);
+		if (p->user[i])
+			sqlite3_bind_text(r, 4, p->user[i], -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(r, 4);
+		sqlite3_bind_int64(r, 5, now);
+		if (sqlite3_step(r) != SQLITE_DONE)
+			rc = -1;
+	}
+	sqlite3_finalize(r);
+	return rc;
+}
+
+/*
+ * commit_cb - the group commit: every body made durable and moved into the
+ * queue directory, one fsync of that directory, one transaction for all the
+ * envelopes; then every waiting session hears the verdict.
+ */
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	struct pending *batch = q->pending;
+	q->pending = NULL;
+	q->pending_tail = &q->pending;
+	if (batch == NULL)
+		return;
+	time_t now = time(NULL);
+	size_t n_ok = 0, n = 0;
+
+	for (struct pending *p = batch; p; p = p->next) {
+		n++;
+		char err[256];
+		if (maildir_spool_finish(p->spool, err, sizeof(err)) < 0) {
+			snprintf(p->err, sizeof(p->err), "%s", err);
+			continue;
+		}
+		p->body_path = body_path(q, p->id);
+		if (rename(maildir_spool_path(p->spool), p->body_path) < 0) {
+			snprintf(p->err, sizeof(p->err), "rename %s: %s", p->body_path,
+			         strerror(errno));
+			continue;
+		}
+		p->ok = true;
+		n_ok++;
+	}
+	bool ok_all = true;
+	if (n_ok && fsync_path(q->dir) < 0) {
+		log_err("event=queue_error error=\"fsync %s: %s\"", q->dir, strerror(errno));
+		ok_all = false;
+	}
+	if (ok_all && n_ok) {
+		ok_all = db_exec(q, "BEGIN IMMEDIATE") == 0;
+		for (struct pending *p = batch; ok_all && p; p = p->next)
+			if (p->ok && insert_message(q, p, now) < 0) {
+				log_err("event=queue_db_error id=%s error=\"%s\"", p->id,
+				        sqlite3_errmsg(q->db));
+				ok_all = false;
+			}
+		if (ok_all)
+			ok_all = db_exec(q, "COMMIT") == 0;
+		if (!ok_all)
+			db_exec(q, "ROLLBACK");
+	}
+	for (struct pending *p = batch; p;) {
+		struct pending *next = p->next;
+		if (p->ok && !ok_all) {
+			p->ok = false;
+			snprintf(p->err, sizeof(p->err), "queue database write failed");
+			unlink(p->body_path);
+		}
+		if (p->ok)
+			log_info("event=queued id=%s from=<%s> rcpts=%zu size=%" PRIu64
+			         " batch=%zu",
+			         p->id, p->sender, p->n, p->size, n);
+		else
+			log_err("event=queue_failed id=%s error=\"%s\"", p->id, p->err);
+		if (p->cb)
+			p->cb(p->arg, p->ok, p->err);
+		pending_free(p);
+		p = next;
+	}
+	if (n_ok)
+		schedule_scan(q, 0);
+}
+
+static void schedule_commit(struct queue *q)
+{
+	if (!event_pending(q->commit_ev, EV_TIMEOUT, NULL)) {
+		/* after this turn of the loop: whatever else completes in it shares
+		 * the commit */
+		struct timeval tv = {0, 0};
+		event_add(q->commit_ev, &tv);
+	}
+}
+
+/* ---- scheduling ---- */
+
+static bool rcpt_active(struct queue *q, const char *msg_id, const char *rcpt)
+{
+	for (struct active_job *a = q->active; a; a = a->next) {
+		if (strcmp(a->job.msg_id, msg_id) != 0)
+			continue;
+		for (size_t i = 0; i < a->job.n_rcpts; i++)
+			if (strcmp(a->job.rcpts[i], rcpt) == 0)
+				return true;
+	}
+	return false;
+}
+
+static size_t domain_active(struct queue *q, const char *domain)
+{
+	size_t n = 0;
+	for (struct active_job *a = q->active; a; a = a->next)
+		if (!a->job.local && strcmp(a->job.domain, domain) == 0)
+			n++;
+	return n;
+}
+
+static void job_free(struct active_job *a)
+{
+	for (size_t i = 0; i < a->job.n_rcpts; i++) {
+		free(a->job.rcpts[i]);
+		free(a->job.local_users[i]);
+	}
+	free(a->job.rcpts);
+	free(a->job.local_users);
+	free(a->job.sender);
+	free(a->job.body_path);
+	free(a->job.domain);
+	free(a);
+}
+
+static struct active_job *find_building(struct active_job *list, const char *msg_id,
+                                        const char *domain)
+{
+	for (struct active_job *a = list; a; a = a->next)
+		if (!strcmp(a->job.msg_id, msg_id) && !strcmp(a->job.domain, domain))
+			return a;
+	return NULL;
+}
+
+static void scan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	if (q->deliver == NULL)
+		return;
+	time_t now = time(NULL);
+	struct active_job *building = NULL;
+	sqlite3_stmt *st = prep(q, "SELECT r.msg_id, r.rcpt, r.domain, r.local_user, r.attempts, "
+	                           "m.sender, m.size FROM rcpt r JOIN message m ON m.id = r.msg_id "
+	                           "WHERE r.state = 0 AND r.next_try <= ? ORDER BY r.next_try, "
+	                           "r.msg_id LIMIT ?");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int(st, 2, SCAN_LIMIT);
+	size_t n_new = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *msg_id = (const char *)sqlite3_column_text(st, 0);
+		const char *rcpt = (const char *)sqlite3_column_text(st, 1);
+		const char *domain = (const char *)sqlite3_column_text(st, 2);
+		const char *user = (const char *)sqlite3_column_text(st, 3);
+		if (rcpt_active(q, msg_id, rcpt))
+			continue;
+		struct active_job *a = find_building(building, msg_id, domain);
+		if (a == NULL) {
+			if (q->n_active + n_new >= MAX_JOBS)
+				continue;
+			if (user == NULL &&
+			    domain_active(q, domain) >= q->cfg->max_connections_per_domain)
+				continue;
+			a = xcalloc(1, sizeof(*a));
+			a->job.job_id = ++q->next_job;
+			snprintf(a->job.msg_id, sizeof(a->job.msg_id), "%s", msg_id);
+			a->job.sender = xstrdup((const char *)sqlite3_column_text(st, 5));
+			a->job.size = (uint64_t)sqlite3_column_int64(st, 6);
+			a->job.body_path = body_path(q, msg_id);
+			a->job.domain = xstrdup(domain);
+			a->job.local = user != NULL;
+			a->job.attempts = (unsigned)sqlite3_column_int(st, 4);
+			a->next = building;
+			building = a;
+			n_new++;
+		}
+		a->job.rcpts = xrealloc(a->job.rcpts, (a->job.n_rcpts + 1) * sizeof(char *));
+		a->job.local_users =
+		    xrealloc(a->job.local_users, (a->job.n_rcpts + 1) * sizeof(char *));
+		a->job.rcpts[a->job.n_rcpts] = xstrdup(rcpt);
+		a->job.local_users[a->job.n_rcpts] = user ? xstrdup(user) : NULL;
+		a->job.n_rcpts++;
+	}
+	sqlite3_finalize(st);
+
+	/* move to the active list first: a deliverer may finish synchronously */
+	while (building) {
+		struct active_job *a = building;
+		building = a->next;
+		a->next = q->active;
+		q->active = a;
+		q->n_active++;
+		log_info("event=attempt id=%s job=%" PRIu64 " domain=%s rcpts=%zu attempt=%u",
+		         a->job.msg_id, a->job.job_id, a->job.domain, a->job.n_rcpts,
+		         a->job.attempts + 1);
+		q->deliver(q->deliver_arg, q, &a->job);
+	}
+
+	/* next wake-up: the earliest retry, at most RESCAN_SECS away */
+	time_t next = now + RESCAN_SECS;
+	st = prep(q, "SELECT MIN(next_try) FROM rcpt WHERE state = 0");
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		time_t t = (time_t)sqlite3_column_int64(st, 0);
+		if (t > now && t < next)
+			next = t;
+		else if (t <= now && n_new == 0 && q->n_active < MAX_JOBS)
+			next = now + 1; /* due but throttled per domain: look again soon */
+	}
+	sqlite3_finalize(st);
+	schedule_scan(q, next);
+}
+
+static void schedule_scan(struct queue *q, time_t when)
+{
+	time_t now = time(NULL);
+	struct timeval tv = {.tv_sec = when > now ? when - now : 0};
+	event_del(q->sched_ev);
+	event_add(q->sched_ev, &tv);
+}
+
+void queue_kick(struct queue *q)
+{
+	schedule_scan(q, 0);
+}
+
+/* ---- results, retries, DSNs ---- */
+
+static unsigned backoff(const struct config *c, unsigned attempts)
+{
+	/* retry_min, doubling, at most retry_max apart */
+	uint64_t d = c->retry_min;
+	for (unsigned i = 1; i < attempts && d < c->retry_max; i++)
+		d *= 2;
+	return (unsigned)(d > c->retry_max ? c->retry_max : d);
+}
+
+/* read_headers - the header block of a body file (for the DSN), bounded */
+static char *read_headers(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	*len = 0;
+	if (fd < 0)
+		return NULL;
+	char *buf = xmalloc(HEADERS_MAX + 1);
+	ssize_t n = read(fd, buf, HEADERS_MAX);
+	close(fd);
+	if (n <= 0) {
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	char *end = strstr(buf, "\r\n\r\n");
+	*len = end ? (size_t)(end - buf) + 2 : (size_t)n;
+	return buf;
+}
+
+/* write_body - a new queue file (DSN), durable before its row is committed */
+static int write_body(struct queue *q, const char *id, const char *data, size_t len)
+{
+	char *tmp = xasprintf("%s/.tmp.%s", q->dir, id), *path = body_path(q, id);
+	int rc = -1;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		size_t off = 0;
+		while (off < len) {
+			ssize_t w = write(fd, data + off, len - off);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				break;
+			off += (size_t)w;
+		}
+		if (off == len && fsync(fd) == 0 && close(fd) == 0) {
+			fd = -1;
+			if (rename(tmp, path) == 0 && fsync_path(q->dir) == 0)
+				rc = 0;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	if (rc < 0) {
+		log_err("event=queue_error error=\"writing %s: %s\"", path, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
+	free(path);
+	return rc;
+}
+
+/*
+ * send_dsn - queue a DSN to sender for the given recipients. Never for the
+ * null sender (RFC 5321 §6.1: no bounce loops). Runs inside the caller's
+ * transaction.
+ */
+static void send_dsn(struct queue *q, const char *msg_id, const char *sender, time_t created,
+                     bool delayed, const struct dsn_rcpt *rcpts, size_t n)
+{
+	if (sender == NULL || *sender == '\0' || n == 0)
+		return;
+	char id[32], boundary[64], msgid[128];
+	queue_new_id(id);
+	snprintf(boundary, sizeof(boundary), "%s/%s", id, q->cfg->hostname);
+	snprintf(msgid, sizeof(msgid), "%s@%s", id, q->cfg->hostname);
+	char *orig_path = body_path(q, msg_id);
+	size_t hlen;
+	char *headers = read_headers(orig_path, &hlen);
+	free(orig_path);
+	struct dsn_input in = {
+	    .delayed = delayed,
+	    .reporting_mta = q->cfg->hostname,
+	    .queue_id = msg_id,
+	    .sender = sender,
+	    .info_url = q->cfg->info_url,
+	    .arrival = created,
+	    .rcpts = rcpts,
+	    .n_rcpts = n,
+	    .orig_headers = headers,
+	    .orig_headers_len = hlen,
+	    .message_id = msgid,
+	    .boundary = boundary,
+	    .now = time(NULL),
+	};
+	size_t len;
+	char *text = dsn_build(&in, &len);
+	free(headers);
+	if (write_body(q, id, text, len) < 0) {
+		free(text);
+		return;
+	}
+	free(text);
+
+	/* the DSN's recipient: local when the sender's domain is ours */
+	const char *at = strrchr(sender, '@');
+	char domain[256] = "", user[130] = "";
+	if (at) {
+		snprintf(domain, sizeof(domain), "%s", at + 1);
+		for (char *c = domain; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		size_t ul = (size_t)(at - sender) < sizeof(user) - 1 ? (size_t)(at - sender)
+		                                                     : sizeof(user) - 1;
+		for (size_t i = 0; i < ul; i++)
+			user[i] = (char)tolower((unsigned char)sender[i]);
+		user[ul] = '\0';
+	}
+	bool local = strlist_contains_ci(&q->cfg->local_domains, domain);
+	struct pending p = {.sender = "", .client_ip = "", .size = len, .n = 1};
+	snprintf(p.id, sizeof(p.id), "%s", id);
+	char *addr = xstrdup(sender), *dom = xstrdup(domain), *usr = local ? xstrdup(user) : NULL;
+	p.addr = &addr;
+	p.domain = &dom;
+	p.user = &usr;
+	if (insert_message(q, &p, time(NULL)) < 0)
+		log_err("event=queue_db_error id=%s error=\"%s\"", id, sqlite3_errmsg(q->db));
+	else
+		log_info("event=dsn id=%s orig=%s to=<%s> action=%s rcpts=%zu", id, msg_id, sender,
+		         delayed ? "delayed" : "failed", n);
+	free(addr);
+	free(dom);
+	free(usr);
+}
+
+/* finish_message - all recipients final: failure DSN, then forget it */
+static void finish_message(struct queue *q, const char *msg_id)
+{
+	sqlite3_stmt *st = prep(q, "SELECT COUNT(*) FROM rcpt WHERE msg_id = ? AND state = 0");
+	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
+	int left = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
+	sqlite3_finalize(st);
+	if (left > 0)
+		return;
+
+	st = prep(q, "SELECT m.sender, m.created, r.rcpt, r.status, r.reply, r.mx, r.detail, "
+	             "r.last_try FROM rcpt r JOIN message m ON m.id = r.msg_id WHERE r.msg_id = ? "
+	             "AND r.state = 2");
+	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
+	struct dsn_rcpt *rs = NULL;
+	size_t n = 0;
+	char *sender = NULL;
+	time_t created = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (sender == NULL) {
+			sender = xstrdup((const char *)sqlite3_column_text(st, 0));
+			created = (time_t)sqlite3_column_int64(st, 1);
+		}
+		rs = xrealloc(rs, (n + 1) * sizeof(*rs));
+		struct dsn_rcpt *r = &rs[n++];
+		memset(r, 0, sizeof(*r));
+		r->addr = xstrdup((const char *)sqlite3_column_text(st, 2));
+		for (int c = 3; c <= 6; c++) {
+			const char *v = (const char *)sqlite3_column_text(st, c);
+			char *copy = v ? xstrdup(v) : NULL;
+			if (c == 3)
+				r->status = copy;
+			else if (c == 4)
+				r->diagnostic = copy;
+			else if (c == 5)
+				r->remote_mta = copy;
+			else
+				r->detail = copy;
+		}
+		r->last_attempt = (time_t)sqlite3_column_int64(st, 7);
+	}
+	sqlite3_finalize(st);
+	if (n)
+		send_dsn(q, msg_id, sender, created, false, rs, n);
+	for (size_t i = 0; i < n; i++) {
+		free((char *)rs[i].addr);
+		free((char *)rs[i].status);
+		free((char *)rs[i].diagnostic);
+		free((char *)rs[i].remote_mta);
+		free((char *)rs[i].detail);
+	}
+	free(rs);
+	free(sender);
+
+	st = prep(q, "DELETE FROM message WHERE id = ?");
+	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	char *path = body_path(q, msg_id);
+	if (unlink(path) < 0 && errno != ENOENT)
+		log_warn("event=queue_error error=\"unlink %s: %s\"", path, strerror(errno));
+	free(path);
+	log_info("event=removed id=%s", msg_id);
+}
+
+void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_result *res)
+{
+	struct active_job **pp = &q->active, *a = NULL;
+	for (; *pp; pp = &(*pp)->next)
+		if ((*pp)->job.job_id == job_id) {
+			a = *pp;
+			*pp = a->next;
+			q->n_active--;
+			break;
+		}
+	if (a == NULL)
+		return;
+	time_t now = time(NULL);
+	const struct queue_job *job = &a->job;
+
+	sqlite3_stmt *mst = prep(q, "SELECT created, warned, sender FROM message WHERE id = ?");
+	sqlite3_bind_text(mst, 1, job->msg_id, -1, SQLITE_STATIC);
+	if (sqlite3_step(mst) != SQLITE_ROW) {
+		/* deleted meanwhile (strictmx queue delete) */
+		sqlite3_finalize(mst);
+		job_free(a);
+		schedule_scan(q, 0);
+		return;
+	}
+	time_t created = (time_t)sqlite3_column_int64(mst, 0);
+	bool warned = sqlite3_column_int(mst, 1) != 0;
+	sqlite3_finalize(mst);
+
+	if (db_exec(q, "BEGIN IMMEDIATE") < 0) {
+		job_free(a);
+		return; /* rows stay queued: retried after a restart or the next scan */
+	}
+	sqlite3_stmt *up = prep(q, "UPDATE rcpt SET state = ?, attempts = attempts + 1, "
+	                           "next_try = ?, last_try = ?, status = ?, reply = ?, mx = ?, "
+	                           "detail = ? WHERE msg_id = ? AND rcpt = ?");
+	struct dsn_rcpt *delayed = NULL;
+	size_t n_delayed = 0;
+	for (size_t i = 0; i < job->n_rcpts; i++) {
+		const struct queue_rcpt_result *r = &res[i];
+		enum rcpt_state state = RS_QUEUED;
+		time_t next = now;
+		char detail[700];
+		snprintf(detail, sizeof(detail), "%s", r->detail);
+		const char *status = r->reply.enhanced[0] ? r->reply.enhanced : NULL;
+		char statbuf[16];
+		if (r->outcome == QUEUE_DELIVERED) {
+			state = RS_DELIVERED;
+		} else if (r->outcome == QUEUE_FAIL) {
+			state = RS_FAILED;
+		} else {
+			next = now + backoff(q->cfg, job->attempts + 1);
+			if (now - created >= (time_t)q->cfg->max_queue_lifetime) {
+				state = RS_FAILED;
+				snprintf(
+				    detail, sizeof(detail),
+				    "message expired after %u days in the queue; last error: %s",
+				    q->cfg->max_queue_lifetime / 86400, r->detail);
+				if (status && status[0] == '4') {
+					snprintf(statbuf, sizeof(statbuf), "5%s", status + 1);
+					status = statbuf;
+				}
+			}
+		}
+		char reply[SMTP_REPLY_TEXT_MAX + 32] = "";
+		if (r->reply.code)
+			snprintf(reply, sizeof(reply), "smtp; %d %s %s", r->reply.code,
+			         r->reply.enhanced, r->reply.text);
+		sqlite3_reset(up);
+		sqlite3_bind_int(up, 1, state);
+		sqlite3_bind_int64(up, 2, next);
+		sqlite3_bind_int64(up, 3, now);
+		if (status)
+			sqlite3_bind_text(up, 4, status, -1, SQLITE_TRANSIENT);
+		else
+			sqlite3_bind_text(up, 4,
+			                  r->outcome == QUEUE_DELIVERED ? "2.0.0"
+			                  : state == RS_FAILED          ? "5.0.0"
+			                                                : "4.0.0",
+			                  -1, SQLITE_STATIC);
+		sqlite3_bind_text(up, 5, reply, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(up, 6, r->mx, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(up, 7, detail, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(up, 8, job->msg_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(up, 9, job->rcpts[i], -1, SQLITE_STATIC);
+		sqlite3_step(up);
+		log_info("event=result id=%s rcpt=<%s> mx=%s result=%s status=%s detail=\"%s\"",
+		         job->msg_id, job->rcpts[i], r->mx[0] ? r->mx : "-",
+		         state == RS_DELIVERED ? "delivered"
+		         : state == RS_FAILED  ? "failed"
+		                               : "deferred",
+		         status ? status : "-", detail);
+		if (state == RS_QUEUED && !warned && q->cfg->delay_warning_time &&
+		    now - created >= (time_t)q->cfg->delay_warning_time) {
+			delayed = xrealloc(delayed, (n_delayed + 1) * sizeof(*delayed));
+			delayed[n_delayed++] = (struct dsn_rcpt){
+			    .addr = job->rcpts[i],
+			    .status = status,
+			    .diagnostic = r->reply.code ? xstrdup(reply) : NULL,
+			    .remote_mta = r->mx[0] ? r->mx : NULL,
+			    .detail = xstrdup(detail),
+			    .last_attempt = now,
+			};
+		}
+	}
+	sqlite3_finalize(up);
+	if (n_delayed) {
+		send_dsn(q, job->msg_id, job->sender, created, true, delayed, n_delayed);
+		sqlite3_stmt *w = prep(q, "UPDATE message SET warned = 1 WHERE id = ?");
+		sqlite3_bind_text(w, 1, job->msg_id, -1, SQLITE_STATIC);
+		sqlite3_step(w);
+		sqlite3_finalize(w);
+		for (size_t i = 0; i < n_delayed; i++) {
+			free((char *)delayed[i].diagnostic);
+			free((char *)delayed[i].detail);
+		}
+	}
+	free(delayed);
+	finish_message(q, job->msg_id);
+	if (db_exec(q, "COMMIT") < 0)
+		db_exec(q, "ROLLBACK");
+	job_free(a);
+	schedule_scan(q, 0);
+}
+
+void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
+{
+	q->deliver = fn;
+	q->deliver_arg = arg;
+	schedule_scan(q, 0);
+}
+
+/* recover - reconcile rows and files after a restart or a crash */
+static void recover(struct queue *q)
+{
+	sqlite3_stmt *st = prep(q, "SELECT id FROM message");
+	size_t missing = 0, total = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(st, 0);
+		char *path = body_path(q, id);
+		struct stat sb;
+		total++;
+		if (stat(path, &sb) < 0) {
+			/* never silently: say so, and fail its recipients (a DSN follows) */
+			log_err("event=queue_corrupt id=%s error=\"body file %s missing\"", id,
+			        path);
+			sqlite3_stmt *u = prep(q, "UPDATE rcpt SET state = 2, status = '4.3.0', "
+			                          "detail = 'queue file lost' WHERE msg_id = ? AND "
+			                          "state = 0");
+			sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
+			sqlite3_step(u);
+			sqlite3_finalize(u);
+			missing++;
+		}
+		free(path);
+	}
+	sqlite3_finalize(st);
+	log_info("event=queue_recovered messages=%zu missing_bodies=%zu", total, missing);
+}
+
+struct queue *queue_open(struct event_base *base, const struct config *c, char *err, size_t errlen)
+{
+	struct queue *q = xcalloc(1, sizeof(*q));
+	q->base = base;
+	q->cfg = c;
+	q->pending_tail = &q->pending;
+	q->dir = xasprintf("%s/queue", c->data_dir);
+	if (mkdir(q->dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "mkdir %s: %s", q->dir, strerror(errno));
+		queue_close(&q);
+		return NULL;
+	}
+	char *dbpath = xasprintf("%s/queue.db", c->data_dir);
+	if (sqlite3_open_v2(dbpath, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+	    SQLITE_OK) {
+		snprintf(err, errlen, "%s: %s", dbpath, sqlite3_errmsg(q->db));
+		free(dbpath);
+		queue_close(&q);
+		return NULL;
+	}
+	free(dbpath);
+	sqlite3_busy_timeout(q->db, 5000);
+	/* FULL: a committed transaction survives power loss (docs/queue.md) */
+	if (db_exec(q, SCHEMA) < 0 || db_exec(q, "PRAGMA synchronous=FULL") < 0) {
+		snprintf(err, errlen, "queue database: %s", sqlite3_errmsg(q->db));
+		queue_close(&q);
+		return NULL;
+	}
+	q->commit_ev = evtimer_new(base, commit_cb, q);
+	q->sched_ev = evtimer_new(base, scan_cb, q);
+	recover(q);
+	return q;
+}
+
+void queue_close(struct queue **qp)
+{
+	struct queue *q = *qp;
+	if (q == NULL)
+		return;
+	if (q->commit_ev && q->pending)
+		commit_cb(-1, 0, q); /* what was accepted is committed before we stop */
+	while (q->active) {
+		struct active_job *a = q->active;
+		q->active = a->next;
+		job_free(a);
+	}
+	if (q->commit_ev)
+		event_free(q->commit_ev);
+	if (q->sched_ev)
+		event_free(q->sched_ev);
+	if (q->db)
+		sqlite3_close(q->db);
+	free(q->dir);
+	free(q);
+	*qp = NULL;
+}

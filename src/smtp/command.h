@@ -52,7 +52,8 @@ const char *smtp_verb_name(enum smtp_verb v);
 #define SMTP_PATH_MAX   256
 
 struct smtp_path {
-	char addr[SMTP_PATH_MAX + 1]; /* "local@domain" without <>, source route dropped; "" = null path */
+	char addr[SMTP_PATH_MAX +
+	          1]; /* "local@domain" without <>, source route dropped; "" = null path */
 	char local[SMTP_LOCAL_MAX * 2 + 3]; /* local part as sent (quoted form kept) */
 	char domain[SMTP_DOMAIN_MAX + 1];   /* domain or address literal, as sent */
 	bool null_path;                     /* MAIL FROM:<> */
@@ -78,7 +79,7 @@ struct smtp_mail_params {
  * 552 5.3.4 when SIZE > max_size (max_size 0 = no check).
  */
 int smtp_parse_mail(const char *arg, size_t len, uint64_t max_size, struct smtp_path *path,
-		    struct smtp_mail_params *params, struct smtp_reply *err);
+                    struct smtp_mail_params *params, struct smtp_reply *err);
 
 /*
  * smtp_parse_rcpt - parse the argument of RCPT ("TO:<path> [params]").
@@ -88,14 +89,14 @@ int smtp_parse_mail(const char *arg, size_t len, uint64_t max_size, struct smtp_
  * 555 5.5.4 parameters.
  */
 int smtp_parse_rcpt(const char *arg, size_t len, bool smtputf8, struct smtp_path *path,
-		    struct smtp_reply *err);
+                    struct smtp_reply *err);
 
 /*
  * smtp_parse_bdat - parse "chunk-size [LAST]" (RFC 3030 §3): chunk-size is
  * 1*DIGIT without sign, at most 18 digits. Errors: 501 5.5.4.
  */
 int smtp_parse_bdat(const char *arg, size_t len, uint64_t *size, bool *last,
-		    struct smtp_reply *err);
+                    struct smtp_reply *err);
 
 /*
  * smtp_parse_helo - check the EHLO/HELO argument: a domain (LDH labels) or

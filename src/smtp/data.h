@@ -19,16 +19,16 @@
 typedef void (*smtp_data_emit_fn)(void *ctx, const void *p, size_t n);
 
 struct smtp_data {
-	int state;        /* internal */
-	bool literal;     /* BDAT: no dot handling, no end marker */
-	size_t max_line;  /* line limit with CRLF (RFC 5321 §4.5.3.1.6: 1000); 0 = none */
-	size_t line_len;  /* octets in the current line so far (before unstuffing) */
-	uint64_t octets;  /* content octets emitted so far */
-	bool bare_cr;     /* a CR not followed by LF was seen */
-	bool bare_lf;     /* an LF not preceded by CR was seen */
-	bool nul;         /* a NUL byte was seen */
-	bool long_line;   /* a line longer than max_line was seen */
-	bool eight_bit;   /* a byte >= 0x80 was seen */
+	int state;       /* internal */
+	bool literal;    /* BDAT: no dot handling, no end marker */
+	size_t max_line; /* line limit with CRLF (RFC 5321 §4.5.3.1.6: 1000); 0 = none */
+	size_t line_len; /* octets in the current line so far (before unstuffing) */
+	uint64_t octets; /* content octets emitted so far */
+	bool bare_cr;    /* a CR not followed by LF was seen */
+	bool bare_lf;    /* an LF not preceded by CR was seen */
+	bool nul;        /* a NUL byte was seen */
+	bool long_line;  /* a line longer than max_line was seen */
+	bool eight_bit;  /* a byte >= 0x80 was seen */
 };
 
 void smtp_data_init(struct smtp_data *d, size_t max_line, bool literal);
@@ -43,7 +43,7 @@ void smtp_data_init(struct smtp_data *d, size_t max_line, bool literal);
  * in is held back (the next call decides) and emitted later.
  */
 size_t smtp_data_feed(struct smtp_data *d, const void *in, size_t len, smtp_data_emit_fn emit,
-		      void *ctx, bool *done);
+                      void *ctx, bool *done);
 
 /*
  * smtp_data_flush - end of a literal (BDAT LAST): a held-back CR is emitted

@@ -29,7 +29,7 @@ enum smtp_line_status {
  * Checks are made in byte order, so the first problem in the line is reported.
  */
 enum smtp_line_status smtp_line_next(const char *buf, size_t len, size_t max, size_t *line_len,
-				     size_t *consumed);
+                                     size_t *consumed);
 
 /*
  * smtp_line_skip - discard input up to and including the next CRLF.

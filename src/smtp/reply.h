@@ -14,16 +14,16 @@
 #define SMTP_REPLY_TEXT_MAX 400
 
 struct smtp_reply {
-	int code;             /* 250, 501, ... ; 0 = no reply decided */
-	char enhanced[16];    /* "5.5.4" or "" */
+	int code;          /* 250, 501, ... ; 0 = no reply decided */
+	char enhanced[16]; /* "5.5.4" or "" */
 	char text[SMTP_REPLY_TEXT_MAX];
 };
 
 /* smtp_reply_set - fill r; text is printf-formatted and truncated to fit */
 void smtp_reply_set(struct smtp_reply *r, int code, const char *enhanced, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 void smtp_reply_vset(struct smtp_reply *r, int code, const char *enhanced, const char *fmt,
-		     va_list ap) __attribute__((format(printf, 4, 0)));
+                     va_list ap) __attribute__((format(printf, 4, 0)));
 
 /*
  * smtp_reply_format - render "CODE ENH TEXT\r\n" (single line) into buf;

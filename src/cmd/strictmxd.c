@@ -26,7 +26,9 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
+#include "engine/engine.h"
 #include "inbound/server.h"
+#include "queue/queue.h"
 #include "tls/server.h"
 
 static void usage(FILE *f)
@@ -59,26 +61,40 @@ static int mkdir_p(const char *path, mode_t mode)
 /* prepare_dirs - data_dir and the directories the unprivileged user writes */
 static int prepare_dirs(const struct config *c, const struct passwd *pw)
 {
-	const char *dirs[3];
+	const char *dirs[4];
 	char *spool = xasprintf("%s/spool", c->data_dir);
+	char *queue = xasprintf("%s/queue", c->data_dir);
 	dirs[0] = c->data_dir;
 	dirs[1] = spool;
 	dirs[2] = c->maildir;
-	for (size_t i = 0; i < 3; i++) {
+	dirs[3] = queue;
+	for (size_t i = 0; i < 4; i++) {
 		if (mkdir_p(dirs[i], 0700) < 0) {
 			log_err("event=startup_error error=\"mkdir %s: %s\"", dirs[i],
 			        strerror(errno));
 			free(spool);
+			free(queue);
 			return -1;
 		}
 		if (pw && chown(dirs[i], pw->pw_uid, pw->pw_gid) < 0) {
 			log_err("event=startup_error error=\"chown %s: %s\"", dirs[i],
 			        strerror(errno));
 			free(spool);
+			free(queue);
 			return -1;
 		}
 	}
+	/* the queue database, if an earlier run created it as another user */
+	static const char *const dbfiles[] = {"queue.db", "queue.db-wal", "queue.db-shm"};
+	for (size_t i = 0; pw && i < 3; i++) {
+		char *f = xasprintf("%s/%s", c->data_dir, dbfiles[i]);
+		if (chown(f, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
+			log_warn("event=startup_warning error=\"chown %s: %s\"", f,
+			         strerror(errno));
+		free(f);
+	}
 	free(spool);
+	free(queue);
 	return 0;
 }
 
@@ -193,7 +209,7 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	if (base == NULL)
 		fatal("event_base_new failed");
-	struct inbound_server *srv = inbound_server_new(base, &cfg, tls, err, sizeof(err));
+	struct inbound_server *srv = inbound_server_new(base, &cfg, tls, NULL, err, sizeof(err));
 	if (srv == NULL) {
 		log_err("event=startup_error error=\"%s\"", err);
 		SSL_CTX_free(tls);
@@ -203,6 +219,14 @@ int main(int argc, char **argv)
 	}
 	if (pw && drop_privileges(pw) < 0)
 		return 1;
+	/* The queue is opened as the unprivileged user: its files are that user's. */
+	struct queue *queue = queue_open(base, &cfg, err, sizeof(err));
+	if (queue == NULL) {
+		log_err("event=startup_error error=\"%s\"", err);
+		return 1;
+	}
+	inbound_server_set_queue(srv, queue);
+	struct engine *engine = engine_new(base, &cfg, queue, err, sizeof(err));
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -214,6 +238,8 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 
 	inbound_server_free(&srv);
+	engine_free(&engine);
+	queue_close(&queue);
 	event_free(sigterm);
 	event_free(sigint);
 	event_base_free(base);

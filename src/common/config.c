@@ -222,6 +222,7 @@ struct parse_ctx {
 	struct config *c;
 	FILE *fp;
 	int line;
+	int err_line; /* where our first error was */
 	char *err;
 	size_t errlen;
 	bool failed;
@@ -240,20 +241,47 @@ static int perr(struct parse_ctx *p, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (!p->failed)
+	if (!p->failed) {
 		snprintf(p->err, p->errlen, "%s:%d: %s", p->c->path, p->line, msg);
+		p->err_line = p->line;
+	}
 	p->failed = true;
 	return 0;
+}
+
+static const char *const known_sections[] = {"server", "local_delivery", "tls",  "limits",
+                                             "dns",    "outbound",       "queue"};
+
+/* check_section - a "[name]" line: known, or an error at this line (inih
+ * calls no handler for a section without keys, so check here) */
+static void check_section(struct parse_ctx *p, const char *line)
+{
+	const char *s = line + strspn(line, " \t");
+	if (*s != '[')
+		return;
+	const char *e = strchr(s, ']');
+	if (e == NULL) {
+		perr(p, "syntax error: section header without ']'");
+		return;
+	}
+	size_t n = (size_t)(e - s - 1);
+	for (size_t i = 0; i < sizeof(known_sections) / sizeof(known_sections[0]); i++)
+		if (strlen(known_sections[i]) == n && !strncmp(s + 1, known_sections[i], n))
+			return;
+	if ((n > 9 && !strncmp(s + 1, "listener ", 9)) || (n > 7 && !strncmp(s + 1, "domain ", 7)))
+		return;
+	perr(p, "unknown section [%.*s]", (int)(n > 60 ? 60 : n), s + 1);
 }
 
 static char *reader(char *str, int num, void *stream)
 {
 	struct parse_ctx *p = stream;
 	char *r = fgets(str, num, p->fp);
-	if (r != NULL && strchr(str, '\n') != NULL)
+	if (r != NULL && (strchr(str, '\n') != NULL || feof(p->fp))) {
 		p->line++;
-	else if (r != NULL && feof(p->fp))
-		p->line++;
+		if (!p->failed)
+			check_section(p, str);
+	}
 	return r;
 }
 
@@ -751,7 +779,7 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen)
 	}
 	int rc = ini_parse_stream(reader, &p, handler, &p);
 	fclose(p.fp);
-	if (p.failed)
+	if (p.failed && !(rc > 0 && rc < p.err_line))
 		return -1;
 	if (rc != 0) {
 		snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)",

@@ -37,8 +37,8 @@ struct lmtp_job {
 	char *lhlo, *from;
 	char **rcpts;
 	size_t n_rcpts, next_rcpt, accepted, replies;
-	size_t n_temp, n_perm;
-	struct smtp_reply fail; /* first failure seen */
+	struct smtp_reply *res; /* per recipient; code 0 = no answer yet */
+	size_t *acc;            /* indices of the accepted recipients, in order */
 	int fd;
 	bool at_bol; /* body: at the beginning of a line */
 	unsigned timeout;
@@ -57,30 +57,35 @@ static void job_free(struct lmtp_job *j)
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		free(j->rcpts[i]);
 	free(j->rcpts);
+	free(j->res);
+	free(j->acc);
 	free(j->lhlo);
 	free(j->from);
 	free(j);
 }
 
-/* finish - report and free; a NULL failure means every recipient took it */
-static int finish(struct lmtp_job *j, const struct smtp_reply *failure)
+/* finish - report every recipient and free; unanswered ones get why */
+static int finish(struct lmtp_job *j, const char *why)
 {
 	lmtp_done_fn done = j->done;
 	void *arg = j->arg;
-	struct smtp_reply copy;
-	if (failure)
-		copy = *failure;
+	size_t n = j->n_rcpts;
+	struct smtp_reply *res = j->res;
+	j->res = NULL;
+	for (size_t i = 0; i < n; i++)
+		if (res[i].code == 0)
+			smtp_reply_set(&res[i], 451, "4.4.0", "local delivery failed: %s",
+			               why ? why : "no answer");
 	job_free(j);
-	done(arg, failure ? &copy : NULL);
+	done(arg, res, n);
+	free(res);
 	return 0;
 }
 
 static int fail_temp(struct lmtp_job *j, const char *what)
 {
-	struct smtp_reply r;
 	log_warn("event=lmtp_error sid=%016llx error=\"%s\"", j->sid, what);
-	smtp_reply_set(&r, 451, "4.4.0", "Error: local delivery failed; try again later");
-	return finish(j, &r);
+	return finish(j, what);
 }
 
 static void send_line(struct lmtp_job *j, const char *fmt, ...)
@@ -137,24 +142,10 @@ static int next_rcpt_or_data(struct lmtp_job *j)
 		return 1;
 	}
 	if (j->accepted == 0)
-		return finish(j, &j->fail);
+		return finish(j, NULL);
 	j->state = L_DATA;
 	send_line(j, "DATA");
 	return 1;
-}
-
-static void count_failure(struct lmtp_job *j, const struct smtp_reply *r)
-{
-	if (r->code >= 500)
-		j->n_perm++;
-	else
-		j->n_temp++;
-	if (j->fail.code == 0 || (j->fail.code >= 500 && r->code < 500)) {
-		/* a temporary failure wins: the client must retry */
-		smtp_reply_set(
-		    &j->fail, r->code >= 500 ? 550 : 451, r->code >= 500 ? "5.1.1" : "4.3.0",
-		    "Error: local delivery refused: %d %s %s", r->code, r->enhanced, r->text);
-	}
 }
 
 /* on_reply - one complete reply in the current state; 0 = the job is gone */
@@ -179,9 +170,9 @@ static int on_reply(struct lmtp_job *j, const struct smtp_reply *r)
 		return next_rcpt_or_data(j);
 	case L_RCPT:
 		if (r->code == 250 || r->code == 251)
-			j->accepted++;
+			j->acc[j->accepted++] = j->next_rcpt - 1;
 		else
-			count_failure(j, r);
+			j->res[j->next_rcpt - 1] = *r;
 		return next_rcpt_or_data(j);
 	case L_DATA:
 		if (r->code != 354)
@@ -193,19 +184,11 @@ static int on_reply(struct lmtp_job *j, const struct smtp_reply *r)
 		return fail_temp(j, "reply during message content");
 	case L_DOT:
 		/* RFC 2033 §4.2: one reply per accepted recipient, in order */
-		if (r->code != 250)
-			count_failure(j, r);
+		j->res[j->acc[j->replies]] = *r;
 		if (++j->replies < j->accepted)
 			return 1;
 		j->state = L_QUIT;
 		send_line(j, "QUIT");
-		if (j->n_temp || j->n_perm) {
-			log_warn("event=lmtp_partial sid=%016llx temp=%zu perm=%zu", j->sid,
-			         j->n_temp, j->n_perm);
-			/* Some recipients have it already: without a queue there is no
-			 * per-recipient state, so the client retries all of them. */
-			return finish(j, &j->fail);
-		}
 		return finish(j, NULL);
 	case L_QUIT:
 		return 1;
@@ -271,6 +254,8 @@ struct lmtp_job *lmtp_deliver(struct event_base *base, const struct lmtp_request
 	for (size_t i = 0; i < req->n_rcpts; i++)
 		j->rcpts[i] = xstrdup(req->rcpts[i]);
 	j->n_rcpts = req->n_rcpts;
+	j->res = xcalloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(*j->res));
+	j->acc = xcalloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(*j->acc));
 	smtp_reply_parser_init(&j->rp);
 
 	j->fd = open(req->spool_path, O_RDONLY | O_CLOEXEC);

@@ -5,9 +5,9 @@
  * The spool file is already durable (maildir_spool_finish). The job connects,
  * sends LHLO, MAIL, one RCPT per recipient, DATA with the content
  * dot-stuffed, and reads one reply per accepted recipient (RFC 2033 §4.2).
- * The result: NULL reply when every recipient was accepted, else the reply
- * the SMTP client should get: 4xx if any recipient failed temporarily (or
- * the next hop could not be reached), 5xx if all failed permanently.
+ * The result is one reply per recipient: the next hop's answer to RCPT when
+ * it refused it, else its answer after the content; when the next hop could
+ * not be reached or broke off, 451 4.4.0 with a text saying what failed.
  */
 #ifndef STRICTMX_DELIVERY_LMTP_H
 #define STRICTMX_DELIVERY_LMTP_H
@@ -19,8 +19,8 @@
 
 struct lmtp_job;
 
-/* called once; the job is freed right after it returns */
-typedef void (*lmtp_done_fn)(void *arg, const struct smtp_reply *failure);
+/* called once with n_rcpts replies; the job is already freed */
+typedef void (*lmtp_done_fn)(void *arg, const struct smtp_reply *replies, size_t n);
 
 struct lmtp_request {
 	const char *hostport;   /* "127.0.0.1:24" or "[::1]:24" */

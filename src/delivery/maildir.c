@@ -487,3 +487,28 @@ const char *maildir_spool_path(const struct maildir_msg *m)
 {
 	return m->spool_path;
 }
+
+int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                         char *err, size_t errlen)
+{
+	struct timespec ts;
+	char *placed = NULL;
+
+	if (!domain_ok(r->domain) || !maildir_user_ok(r->user)) {
+		snprintf(err, errlen, "maildir: unusable recipient \"%.64s\"@\"%.255s\"",
+		         r->user ? r->user : "", r->domain ? r->domain : "");
+		return -1;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct maildir_msg m = {.fd = -1, .spool_path = (char *)path};
+	m.name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)ts.tv_sec, (long)(ts.tv_nsec / 1000),
+	                   (long)getpid(), ++maildir_counter, host_part());
+	char *dir = xasprintf("%s/%s/%s", base, r->domain, r->user);
+	int rc = deliver_one(&m, dir, &placed, err, errlen);
+	if (rc < 0 && placed != NULL && unlink(placed) < 0 && errno != ENOENT)
+		log_warn("event=maildir_rollback error=\"%s\"", strerror(errno));
+	free(placed);
+	free(dir);
+	free(m.name);
+	return rc;
+}

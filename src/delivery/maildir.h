@@ -41,6 +41,15 @@ int maildir_commit(struct maildir_msg **m, const char *base, const struct maildi
  */
 int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen);
 const char *maildir_spool_path(const struct maildir_msg *m);
+/*
+ * maildir_deliver_file - deliver an existing (durable) file, such as a queue
+ * file, to one Maildir under base: link (or copy) into tmp/, rename into
+ * new/, fsync new/. The file itself is left alone. 0, or -1 with err and
+ * nothing left behind.
+ */
+int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                         char *err, size_t errlen);
+
 /* maildir_abort - drop the spool file; frees and NULLs *m */
 void maildir_abort(struct maildir_msg **m);
 

@@ -55,7 +55,7 @@ static int fail(struct parser *ps, const char *why)
  * direction; the decompressed name is bounded to 255 octets.
  */
 static int read_name(struct parser *ps, size_t off, uint8_t wire[NAME_WIRE], size_t *wlen,
-		     size_t *next)
+                     size_t *next)
 {
 	size_t pos = off, wl = 0;
 	unsigned jumps = 0;
@@ -128,7 +128,7 @@ static void name_text(const uint8_t *wire, char out[DNS_NAME_TEXT_MAX])
 			if (b <= 0x20 || b >= 0x7f) {
 				o += (size_t)snprintf(out + o, DNS_NAME_TEXT_MAX - o, "\\%03u", b);
 			} else if (b == '.' || b == '\\' || b == '"' || b == '(' || b == ')' ||
-				   b == ';' || b == '@' || b == '$') {
+			           b == ';' || b == '@' || b == '$') {
 				out[o++] = '\\';
 				out[o++] = (char)b;
 			} else {
@@ -160,7 +160,7 @@ static int owner_is(struct parser *ps, const struct rr_ref *r, const uint8_t *wi
 
 /* a name that must fill the rest of the rdata exactly (CNAME target, MX exchange) */
 static int rdata_name(struct parser *ps, size_t off, size_t end, uint8_t wire[NAME_WIRE],
-		      size_t *wlen)
+                      size_t *wlen)
 {
 	size_t next;
 
@@ -174,7 +174,7 @@ static int rdata_name(struct parser *ps, size_t off, size_t end, uint8_t wire[NA
 }
 
 static int parse_rdata(struct parser *ps, const struct rr_ref *r, struct dns_rr *rr,
-		       size_t *txt_total)
+                       size_t *txt_total)
 {
 	const uint8_t *d = ps->pkt + r->rdata;
 	size_t end = r->rdata + r->rdlen;
@@ -418,8 +418,8 @@ const char *dns_type_name(uint16_t type, char *buf, size_t len)
 		uint16_t type;
 		const char *name;
 	} names[] = {
-		{DNS_T_A, "A"},   {DNS_T_NS, "NS"},   {DNS_T_CNAME, "CNAME"}, {DNS_T_SOA, "SOA"},
-		{DNS_T_MX, "MX"}, {DNS_T_TXT, "TXT"}, {DNS_T_AAAA, "AAAA"},   {DNS_T_TLSA, "TLSA"},
+	    {DNS_T_A, "A"},   {DNS_T_NS, "NS"},   {DNS_T_CNAME, "CNAME"}, {DNS_T_SOA, "SOA"},
+	    {DNS_T_MX, "MX"}, {DNS_T_TXT, "TXT"}, {DNS_T_AAAA, "AAAA"},   {DNS_T_TLSA, "TLSA"},
 	};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -14,6 +14,7 @@
 #include "inbound/server.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -34,9 +35,9 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
-#include "delivery/lmtp.h"
 #include "delivery/maildir.h"
 #include "inbound/session.h"
+#include "queue/queue.h"
 #include "tls/server.h"
 
 #define IN_CHUNK  65536        /* bytes handed to the session at once */
@@ -58,7 +59,11 @@ struct conn {
 	bool closing;
 	bool read_paused;
 	struct maildir_msg *msg;
-	struct lmtp_job *lmtp; /* a delivery to the LMTP next hop in progress */
+	bool storing; /* waiting for the queue's group commit */
+	/* The idle timeout of the bufferevent restarts with every byte; the
+	 * deadline restarts only when a command (or content) makes progress, so
+	 * a client trickling one byte at a time is still cut off (slowloris). */
+	struct event *deadline;
 	char *spool_buf;
 	size_t spool_len;
 	bool spool_err;
@@ -69,6 +74,7 @@ struct inbound_server {
 	struct event_base *base;
 	const struct config *cfg;
 	SSL_CTX *tls;
+	struct queue *queue;
 	struct evconnlistener **listeners;
 	const struct config_listener **listener_cfg;
 	size_t n_listeners;
@@ -129,110 +135,73 @@ static void sink_abort(void *ctx)
 	maildir_abort(&c->msg);
 }
 
-static void store_log(struct conn *c, const struct inbound_envelope *env, const char *err)
-{
-	char from[SMTP_PATH_MAX * 4 + 4];
-	log_escape(env->from->addr, strlen(env->from->addr), from, sizeof(from));
-	if (err == NULL)
-		log_info("event=delivered sid=%016" PRIx64
-		         " id=%s from=<%s> rcpts=%zu size=%" PRIu64 " tls=%s via=%s status=2.0.0",
-		         c->id, env->queue_id, from, env->n_rcpts, env->size,
-		         env->tls ? "yes" : "no", c->srv->cfg->lmtp ? "lmtp" : "maildir");
-	else
-		log_err("event=store_failed sid=%016" PRIx64 " id=%s from=<%s> error=\"%s\"", c->id,
-		        env->queue_id, from, err);
-}
-
-static void lmtp_done(void *arg, const struct smtp_reply *failure)
+/* queue_committed - the group commit that held our message is done */
+static void queue_committed(void *arg, bool ok, const char *err)
 {
 	struct conn *c = arg;
 	struct inbound_envelope env;
-	c->lmtp = NULL;
 	inbound_session_envelope(c->sess, &env);
-	store_log(c, &env, failure ? failure->text : NULL);
-	maildir_abort(&c->msg); /* the next hop has it, or the client retries */
-	inbound_session_store_done(c->sess, failure);
+	c->storing = false;
+	if (ok) {
+		log_info("event=accepted sid=%016" PRIx64 " id=%s rcpts=%zu size=%" PRIu64
+		         " tls=%s status=2.0.0",
+		         c->id, env.queue_id, env.n_rcpts, env.size, env.tls ? "yes" : "no");
+		inbound_session_store_done(c->sess, NULL);
+	} else {
+		struct smtp_reply rep;
+		log_err("event=store_failed sid=%016" PRIx64 " id=%s error=\"%s\" status=4.3.0",
+		        c->id, env.queue_id, err);
+		smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
+		inbound_session_store_done(c->sess, &rep);
+	}
 	conn_flush_output(c);
 	conn_process(c);
 }
 
-/* conn_store_lmtp - hand the spooled message to the LMTP next hop */
-static void conn_store_lmtp(struct conn *c, const struct inbound_envelope *env)
-{
-	const struct config *cfg = c->srv->cfg;
-	char err[512];
-	struct smtp_reply rep;
-	if (c->spool_err || maildir_spool_finish(c->msg, err, sizeof(err)) < 0) {
-		if (c->spool_err)
-			snprintf(err, sizeof(err), "spool write failed");
-		goto fail;
-	}
-	char **rcpts = xcalloc(env->n_rcpts, sizeof(*rcpts));
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		rcpts[i] = env->rcpts[i].domain[0]
-		               ? xstrdup(env->rcpts[i].addr)
-		               : xasprintf("%s@%s", env->rcpts[i].addr, cfg->local_domains.v[0]);
-	struct lmtp_request req = {
-	    .hostport = cfg->lmtp,
-	    .lhlo_name = cfg->hostname,
-	    .spool_path = maildir_spool_path(c->msg),
-	    .from = env->from->addr,
-	    .rcpts = (const char *const *)rcpts,
-	    .n_rcpts = env->n_rcpts,
-	    .timeout = cfg->timeout_command,
-	    .sid = c->id,
-	};
-	c->lmtp = lmtp_deliver(c->srv->base, &req, lmtp_done, c);
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		free(rcpts[i]);
-	free(rcpts);
-	if (c->lmtp != NULL)
-		return; /* lmtp_done continues */
-	snprintf(err, sizeof(err), "cannot start LMTP delivery to %s", cfg->lmtp);
-fail:
-	store_log(c, env, err);
-	maildir_abort(&c->msg);
-	smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
-	inbound_session_store_done(c->sess, &rep);
-}
-
-/* conn_store - commit the message to every recipient's Maildir, durably */
+/*
+ * conn_store - hand the message to the queue; the answer (250 or 451) is
+ * given in queue_committed(), after the group commit made it durable.
+ */
 static void conn_store(struct conn *c)
 {
 	struct inbound_envelope env;
-	char err[512];
 	inbound_session_envelope(c->sess, &env);
 	spool_flush(c);
-	if (c->srv->cfg->lmtp) {
-		conn_store_lmtp(c, &env);
+	if (c->spool_err) {
+		struct smtp_reply rep;
+		log_err("event=store_failed sid=%016" PRIx64 " id=%s error=\"spool write failed\"",
+		        c->id, env.queue_id);
+		maildir_abort(&c->msg);
+		smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
+		inbound_session_store_done(c->sess, &rep);
 		return;
 	}
-
-	struct maildir_rcpt *r = xcalloc(env.n_rcpts, sizeof(*r));
+	struct queue_rcpt_in *r = xcalloc(env.n_rcpts, sizeof(*r));
 	char(*users)[SMTP_LOCAL_MAX * 2 + 3] = xcalloc(env.n_rcpts, sizeof(*users));
 	char(*domains)[SMTP_DOMAIN_MAX + 1] = xcalloc(env.n_rcpts, sizeof(*domains));
 	for (size_t i = 0; i < env.n_rcpts; i++) {
-		inbound_session_local_rcpt(&c->srv->cfg->local_domains, &env.rcpts[i], users[i],
-		                           sizeof(users[i]), domains[i], sizeof(domains[i]));
-		r[i].user = users[i];
+		r[i].addr = env.rcpts[i].addr;
+		if (inbound_session_local_rcpt(&c->srv->cfg->local_domains, &env.rcpts[i], users[i],
+		                               sizeof(users[i]), domains[i], sizeof(domains[i]))) {
+			r[i].local_user = users[i];
+		} else {
+			snprintf(domains[i], sizeof(domains[i]), "%s", env.rcpts[i].domain);
+			for (char *p = domains[i]; *p; p++)
+				*p = (char)tolower((unsigned char)*p);
+		}
 		r[i].domain = domains[i];
 	}
-	int rc = -1;
-	if (c->spool_err) {
-		snprintf(err, sizeof(err), "spool write failed");
-		maildir_abort(&c->msg);
-	} else {
-		rc =
-		    maildir_commit(&c->msg, c->srv->cfg->maildir, r, env.n_rcpts, err, sizeof(err));
-	}
-	store_log(c, &env, rc == 0 ? NULL : err);
-	if (rc == 0) {
-		inbound_session_store_done(c->sess, NULL);
-	} else {
-		struct smtp_reply rep;
-		smtp_reply_set(&rep, 451, "4.3.0", "Error: queue file write error");
-		inbound_session_store_done(c->sess, &rep);
-	}
+	struct queue_msg_in m = {
+	    .id = env.queue_id,
+	    .sender = env.from->addr,
+	    .client_ip = c->ip,
+	    .tls = env.tls,
+	    .size = env.size,
+	    .rcpts = r,
+	    .n_rcpts = env.n_rcpts,
+	};
+	c->storing = true;
+	queue_submit(c->srv->queue, &m, &c->msg, queue_committed, c);
 	free(r);
 	free(users);
 	free(domains);
@@ -258,6 +227,24 @@ static void conn_set_timeouts(struct conn *c)
 	                                                   : cfg->timeout_command;
 	struct timeval tv = {.tv_sec = secs};
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+static void conn_timeout(struct conn *c);
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	conn_timeout(arg);
+}
+
+/* conn_progress - the peer moved forward: its deadline starts again */
+static void conn_progress(struct conn *c)
+{
+	const struct config *cfg = c->srv->cfg;
+	unsigned secs = c->handshaking                     ? cfg->timeout_tls
+	                : inbound_session_in_data(c->sess) ? cfg->timeout_data
+	                                                   : cfg->timeout_command;
+	struct timeval tv = {.tv_sec = secs};
+	evtimer_add(c->deadline, &tv);
 }
 
 static void conn_close_when_flushed(struct conn *c)
@@ -310,6 +297,7 @@ static void conn_start_tls(struct conn *c)
 	c->handshaking = true;
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	conn_set_timeouts(c);
+	conn_progress(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -334,6 +322,7 @@ static void conn_tls_done(struct conn *c)
 	         SSL_get_version(ssl), SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
 	inbound_session_tls_started(c->sess, desc);
 	conn_set_timeouts(c);
+	conn_progress(c);
 	conn_process(c);
 }
 
@@ -357,6 +346,8 @@ static void conn_process(struct conn *c)
 			const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
 			size_t used = inbound_session_input(c->sess, p, n);
 			evbuffer_drain(in, used);
+			if (used > 0)
+				conn_progress(c);
 			conn_flush_output(c);
 			act = inbound_session_action(c->sess);
 			if (used == 0 && act == INBOUND_NONE)
@@ -367,8 +358,8 @@ static void conn_process(struct conn *c)
 		case INBOUND_NONE:
 			continue;
 		case INBOUND_STORE:
-			if (c->lmtp != NULL)
-				return; /* the next hop is working; lmtp_done resumes */
+			if (c->storing)
+				return; /* queue_committed() resumes */
 			conn_store(c);
 			conn_flush_output(c);
 			continue;
@@ -418,20 +409,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
-		         c->handshaking                     ? "tls"
-		         : inbound_session_in_data(c->sess) ? "data"
-		                                            : "command");
-		if (c->handshaking || c->closing) {
-			conn_free(c);
-			return;
-		}
-		inbound_session_timeout(c->sess);
-		conn_flush_output(c);
-		bufferevent_enable(c->bev, EV_WRITE);
-		struct timeval tv = {.tv_sec = 10};
-		bufferevent_set_timeouts(c->bev, NULL, &tv);
-		conn_close_when_flushed(c);
+		conn_timeout(c);
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
@@ -448,6 +426,25 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 }
 
+static void conn_timeout(struct conn *c)
+{
+	log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
+	         c->handshaking                     ? "tls"
+	         : inbound_session_in_data(c->sess) ? "data"
+	                                            : "command");
+	if (c->handshaking || c->closing || c->tls_pending) {
+		conn_free(c);
+		return;
+	}
+	inbound_session_timeout(c->sess);
+	conn_flush_output(c);
+	bufferevent_enable(c->bev, EV_WRITE);
+	struct timeval tv = {.tv_sec = 10};
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+	evtimer_add(c->deadline, &tv); /* the 421 gets 10 s to leave */
+	conn_close_when_flushed(c);
+}
+
 static void conn_free(struct conn *c)
 {
 	struct inbound_server *srv = c->srv;
@@ -460,7 +457,9 @@ static void conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	srv->n_conns--;
-	lmtp_cancel(&c->lmtp);
+	if (c->storing)
+		queue_forget(srv->queue, c);
+	event_free(c->deadline);
 	inbound_session_free(&c->sess);
 	maildir_abort(&c->msg);
 	if (c->bev) {
@@ -526,6 +525,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->lst = lc;
 	c->id = srv->next_id++;
 	c->started = time(NULL);
+	c->deadline = evtimer_new(srv->base, deadline_cb, c);
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
@@ -534,6 +534,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	if (c->bev == NULL) {
 		evutil_closesocket(fd);
 		free(c->spool_buf);
+		event_free(c->deadline);
 		free(c);
 		return;
 	}
@@ -549,6 +550,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	    .rcpt_max = cfg->recipients,
 	    .errors_max = cfg->errors,
 	    .peer_ip = c->ip,
+	    .relay_allowed = config_net_match(&cfg->relay_networks, ip),
 	    .id = c->id,
 	    .sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
 	};
@@ -564,6 +566,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	inbound_session_greet(c->sess);
 	conn_flush_output(c);
 	conn_set_timeouts(c);
+	conn_progress(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -576,9 +579,10 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 }
 
 struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
-                                          SSL_CTX *tls, char *err, size_t errlen)
+                                          SSL_CTX *tls, struct queue *q, char *err, size_t errlen)
 {
 	struct inbound_server *srv = xcalloc(1, sizeof(*srv));
+	srv->queue = q;
 	srv->base = base;
 	srv->cfg = c;
 	srv->tls = tls;
@@ -616,6 +620,11 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 		         lc->require_tls ? "yes" : "no");
 	}
 	return srv;
+}
+
+void inbound_server_set_queue(struct inbound_server *srv, struct queue *q)
+{
+	srv->queue = q;
 }
 
 void inbound_server_free(struct inbound_server **sp)

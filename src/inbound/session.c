@@ -73,6 +73,7 @@ struct inbound_session {
 	struct tx tx;
 	/* BDAT chunk in progress */
 	uint64_t bdat_left;
+	uint64_t bdat_size; /* of the chunk in progress, for its reply (RFC 3030 §2) */
 	bool bdat_last;
 	bool bdat_discard;            /* the chunk is read and thrown away */
 	struct smtp_reply bdat_reply; /* reply decided for a discarded chunk */
@@ -392,13 +393,13 @@ static void cmd_rcpt(struct inbound_session *s, const struct smtp_cmd *c)
 		reply(s, 452, "4.5.3", "Error: too many recipients");
 		return;
 	}
-	if (!inbound_session_local_rcpt(s->p.local_domains, &path, user, sizeof(user), domain,
-	                                sizeof(domain))) {
-		/* Outbound relaying comes with the queue (issue 3). */
+	bool local = inbound_session_local_rcpt(s->p.local_domains, &path, user, sizeof(user),
+	                                        domain, sizeof(domain));
+	if (!local && (!s->p.relay_allowed || path.domain[0] == '\0')) {
 		reply(s, 554, "5.7.1", "<%s>: Relay access denied", path.addr);
 		return;
 	}
-	if (!maildir_user_ok(user)) {
+	if (local && !maildir_user_ok(user)) {
 		reply(s, 550, "5.1.1", "<%s>: Recipient address rejected: no such local mailbox",
 		      path.addr);
 		return;
@@ -566,6 +567,7 @@ static void cmd_bdat(struct inbound_session *s, const struct smtp_cmd *c)
 		return;
 	}
 	s->bdat_left = size;
+	s->bdat_size = size;
 	s->bdat_last = last;
 	s->bdat_discard = true;
 	smtp_reply_set(&s->bdat_reply, 0, "", "%s", "");
@@ -625,7 +627,7 @@ static void bdat_chunk_done(struct inbound_session *s)
 		return;
 	}
 	if (!s->bdat_last) {
-		reply(s, 250, "2.0.0", "Ok: %" PRIu64 " octets received", s->tx.dec.octets);
+		reply(s, 250, "2.0.0", "Ok: %" PRIu64 " octets received", s->bdat_size);
 		return;
 	}
 	smtp_data_flush(&s->tx.dec, emit_content, s);

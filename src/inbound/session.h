@@ -41,7 +41,8 @@ struct inbound_params {
 	size_t rcpt_max;
 	size_t errors_max;
 	const char *peer_ip;
-	uint64_t id; /* session id, for logs and queue ids */
+	bool relay_allowed; /* the client may send to other domains (relay_networks) */
+	uint64_t id;        /* session id, for logs and queue ids */
 	struct inbound_sink sink;
 };
 

@@ -86,9 +86,8 @@ static int set_protocols(SSL_CTX *ctx, const char *section, const char *spec, ch
 	return 0;
 }
 
-int tls_policy_apply(SSL_CTX *ctx, const char *section, const char *protocols,
-                     const char *ciphers, const char *ciphersuites, const char *groups, char *err,
-                     size_t errlen)
+int tls_policy_apply(SSL_CTX *ctx, const char *section, const char *protocols, const char *ciphers,
+                     const char *ciphersuites, const char *groups, char *err, size_t errlen)
 {
 	const char *cl = is_set(ciphers) ? ciphers : TLS_POLICY_CIPHERS;
 	const char *suites = is_set(ciphersuites) ? ciphersuites : TLS_POLICY_CIPHERSUITES;

@@ -28,9 +28,8 @@
  * section names the INI section in messages: "[tls] ciphers \"X\": ...".
  * Returns 0, or -1 with err filled.
  */
-int tls_policy_apply(SSL_CTX *ctx, const char *section, const char *protocols,
-                     const char *ciphers, const char *ciphersuites, const char *groups, char *err,
-                     size_t errlen);
+int tls_policy_apply(SSL_CTX *ctx, const char *section, const char *protocols, const char *ciphers,
+                     const char *ciphersuites, const char *groups, char *err, size_t errlen);
 
 /*
  * tls_policy_ossl_reason - the reason string of the most recent OpenSSL

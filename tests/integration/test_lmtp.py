@@ -1,8 +1,8 @@
 """Local delivery to an LMTP next hop: a real Dovecot lmtp service on loopback.
 
-strictmxd answers 250 after DATA only once Dovecot has accepted the message for
-every recipient; when the next hop is down, the client gets a 4xx and nothing is
-claimed as delivered.
+Accepted mail goes through the durable queue; the queue hands local recipients to
+Dovecot over LMTP. When the next hop is down the message stays queued (deferred,
+retried), and is delivered once it is back.
 """
 import os
 import shutil
@@ -59,10 +59,10 @@ service stats {{
 
 
 class Dovecot:
-    def __init__(self):
+    def __init__(self, port=None):
         self.dir = tempfile.mkdtemp(prefix="smx-dovecot-")
         os.chmod(self.dir, 0o755)
-        self.port = smxtest.free_port()
+        self.port = port or smxtest.free_port()
         for sub in ("run", "state", "mail", "home"):
             os.mkdir(os.path.join(self.dir, sub))
         for sub in ("mail", "home"):
@@ -135,17 +135,30 @@ class LmtpTest(unittest.TestCase):
             self.assertRegex(msg, smxtest.RECEIVED_TLS_RE)
             self.assertIn(b"\n.leading dot\r\n" if b"\r\n" in msg else b"\n.leading dot\n", msg)
             self.assertIn(b"Subject: via lmtp", msg)
-        self.assertIn("via=lmtp", d.log_text())
+        self.assertRegex(d.log_text(), r"event=result id=\S+ rcpt=<alice@example.org> "
+                         r"mx=127\.0\.0\.1:%d result=delivered" % dv.port)
+        self.assertTrue(smxtest.poll(lambda: "event=removed" in d.log_text(), 10))
 
-    def test_next_hop_down_gives_4xx(self):
-        dead = smxtest.free_port()  # nothing listens here
-        d = daemon_with_lmtp(dead)
+    def test_next_hop_down_defers_then_delivers(self):
+        port = smxtest.free_port()  # nothing listens here yet
+        d = smxtest.Daemon(start=False, limits=None)
+        with open(d.conf, "a") as f:
+            f.write("\n[local_delivery]\nlmtp = 127.0.0.1:%d\n"
+                    "\n[queue]\nretry_min = 1\nretry_max = 2\n" % port)
+        d.start()
         self.addCleanup(d.stop)
-        r = swaks(d.port, "alice@example.org", "Subject: x\n\nbody\n")
-        out = r.stdout
-        self.assertRegex(out, r"\* +451 4\.\d\.\d", out)
-        self.assertNotIn("queued as", out)
-        self.assertIn("event=store_failed", d.log_text())
+        r = swaks(d.port, "alice@example.org", "Subject: later\n\nbody\n")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        self.assertTrue(smxtest.poll(lambda: "result=deferred" in d.log_text(), 15),
+                        d.log_text())
+        self.assertNotIn("result=delivered", d.log_text())
+        # the next hop comes up on that port: the retry delivers it, once
+        dv = Dovecot(port=port)
+        self.addCleanup(dv.stop)
+        files = smxtest.poll(lambda: dv.new_files("example.org", "alice"), 20)
+        self.assertTrue(files, d.log_text())
+        self.assertTrue(smxtest.poll(lambda: "event=removed" in d.log_text(), 10))
+        self.assertEqual(len(dv.new_files("example.org", "alice")), 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,167 @@
+/*
+ * engine - queue consumers; see engine.h.
+ *
+ * Local recipients: Maildir (synchronous, fsync'd) or the LMTP next hop.
+ * Remote recipients: outbound delivery over verified TLS (outbound/).
+ */
+#include "engine/engine.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "delivery/lmtp.h"
+#include "delivery/maildir.h"
+#include "queue/queue.h"
+
+struct lmtp_ctx {
+	struct engine *e;
+	struct lmtp_ctx *next;
+	struct lmtp_job *job;
+	uint64_t job_id;
+	size_t n;
+};
+
+struct engine {
+	struct event_base *base;
+	const struct config *cfg;
+	struct queue *q;
+	struct lmtp_ctx *lmtp_jobs;
+};
+
+static void result_set(struct queue_rcpt_result *r, enum queue_outcome o, int code, const char *enh,
+                       const char *detail)
+{
+	memset(r, 0, sizeof(*r));
+	r->outcome = o;
+	if (code)
+		smtp_reply_set(&r->reply, code, enh, "%s", detail);
+	snprintf(r->detail, sizeof(r->detail), "%s", detail);
+}
+
+static void deliver_maildir(struct engine *e, struct queue *q, const struct queue_job *job)
+{
+	struct queue_rcpt_result *res = xcalloc(job->n_rcpts, sizeof(*res));
+	for (size_t i = 0; i < job->n_rcpts; i++) {
+		char err[512];
+		struct maildir_rcpt r = {.domain = job->domain, .user = job->local_users[i]};
+		if (!maildir_user_ok(r.user)) {
+			result_set(&res[i], QUEUE_FAIL, 550, "5.1.1", "no such local mailbox");
+			continue;
+		}
+		if (maildir_deliver_file(job->body_path, e->cfg->maildir, &r, err, sizeof(err)) < 0)
+			/* disk full, permissions: an environment error, retried */
+			result_set(&res[i], QUEUE_DEFER, 451, "4.3.0", err);
+		else
+			result_set(&res[i], QUEUE_DELIVERED, 250, "2.0.0", "delivered to maildir");
+		snprintf(res[i].mx, sizeof(res[i].mx), "maildir");
+	}
+	queue_job_done(q, job->job_id, res);
+	free(res);
+}
+
+static void lmtp_done(void *arg, const struct smtp_reply *replies, size_t n)
+{
+	struct lmtp_ctx *lc = arg;
+	struct engine *e = lc->e;
+	struct queue_rcpt_result *res = xcalloc(n ? n : 1, sizeof(*res));
+	for (size_t i = 0; i < n; i++) {
+		const struct smtp_reply *r = &replies[i];
+		res[i].outcome = r->code >= 200 && r->code < 300 ? QUEUE_DELIVERED
+		                 : r->code >= 500                ? QUEUE_FAIL
+		                                                 : QUEUE_DEFER;
+		res[i].reply = *r;
+		snprintf(res[i].mx, sizeof(res[i].mx), "%s", e->cfg->lmtp);
+		snprintf(res[i].detail, sizeof(res[i].detail), "lmtp: %d %s %s", r->code,
+		         r->enhanced, r->text);
+	}
+	for (struct lmtp_ctx **pp = &e->lmtp_jobs; *pp; pp = &(*pp)->next)
+		if (*pp == lc) {
+			*pp = lc->next;
+			break;
+		}
+	uint64_t job_id = lc->job_id;
+	free(lc);
+	queue_job_done(e->q, job_id, res);
+	free(res);
+}
+
+static void deliver_lmtp(struct engine *e, const struct queue_job *job)
+{
+	struct lmtp_ctx *lc = xcalloc(1, sizeof(*lc));
+	lc->e = e;
+	lc->job_id = job->job_id;
+	lc->n = job->n_rcpts;
+	struct lmtp_request req = {
+	    .hostport = e->cfg->lmtp,
+	    .lhlo_name = e->cfg->hostname,
+	    .spool_path = job->body_path,
+	    .from = job->sender,
+	    .rcpts = (const char *const *)job->rcpts,
+	    .n_rcpts = job->n_rcpts,
+	    .timeout = e->cfg->out_command_timeout,
+	};
+	lc->next = e->lmtp_jobs;
+	e->lmtp_jobs = lc;
+	lc->job = lmtp_deliver(e->base, &req, lmtp_done, lc);
+	if (lc->job == NULL) {
+		struct smtp_reply *r = xcalloc(job->n_rcpts, sizeof(*r));
+		for (size_t i = 0; i < job->n_rcpts; i++)
+			smtp_reply_set(&r[i], 451, "4.4.0", "cannot start LMTP delivery to %s",
+			               e->cfg->lmtp);
+		lmtp_done(lc, r, job->n_rcpts);
+		free(r);
+	}
+}
+
+static void deliver_remote(struct engine *e, struct queue *q, const struct queue_job *job)
+{
+	struct queue_rcpt_result *res = xcalloc(job->n_rcpts, sizeof(*res));
+	for (size_t i = 0; i < job->n_rcpts; i++)
+		result_set(&res[i], QUEUE_DEFER, 451, "4.4.0",
+		           "outbound delivery is not enabled in this build");
+	queue_job_done(q, job->job_id, res);
+	free(res);
+}
+
+static void deliver(void *arg, struct queue *q, const struct queue_job *job)
+{
+	struct engine *e = arg;
+	if (job->local && e->cfg->lmtp)
+		deliver_lmtp(e, job);
+	else if (job->local)
+		deliver_maildir(e, q, job);
+	else
+		deliver_remote(e, q, job);
+}
+
+struct engine *engine_new(struct event_base *base, const struct config *c, struct queue *q,
+                          char *err, size_t errlen)
+{
+	struct engine *e = xcalloc(1, sizeof(*e));
+	e->base = base;
+	e->cfg = c;
+	e->q = q;
+	queue_set_deliverer(q, deliver, e);
+	return e;
+}
+
+void engine_free(struct engine **ep)
+{
+	struct engine *e = *ep;
+	if (e == NULL)
+		return;
+	while (e->lmtp_jobs) {
+		struct lmtp_ctx *lc = e->lmtp_jobs;
+		e->lmtp_jobs = lc->next;
+		lmtp_cancel(&lc->job);
+		free(lc);
+	}
+	free(e);
+	*ep = NULL;
+}

@@ -1,0 +1,68 @@
+/*
+ * tls/client - the outbound (client) TLS context and per-connection setup:
+ * the same protocol and algorithm policy as inbound (tls/policy), PKIX
+ * verification of the MX certificate (RFC 9525 name rules) and plain-words
+ * reasons when it fails. Never parses SMTP.
+ *
+ * Verification follows Postfix: the handshake runs with SSL_VERIFY_NONE and
+ * a callback that records the first error; the decision is made afterwards
+ * by tls_client_verify(), so a refusal can name the failed check. A caller
+ * that skips tls_client_verify() has NOT verified anything.
+ */
+#ifndef STRICTMX_TLS_CLIENT_H
+#define STRICTMX_TLS_CLIENT_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+struct config;
+
+/*
+ * tls_client_ctx_new - the SSL_CTX shared read-only by all outbound
+ * connections. [outbound] protocols/ciphers/ciphersuites/groups (NULL = the
+ * inbound defaults: TLS 1.2 + 1.3, ECDHE AEAD suites, X25519:P-256:P-384,
+ * security level 2); trust anchors from ca_file, else the system store;
+ * SSL_CTX_dane_enable (a prerequisite for DANE, no commitment to it);
+ * SSL_OP_IGNORE_UNEXPECTED_EOF; no session cache and no tickets, so a
+ * verification result is never inherited from an earlier connection.
+ * Returns NULL with err filled ("[outbound] ca_file /x: ...", ...).
+ */
+SSL_CTX *tls_client_ctx_new(const struct config *c, char *err, size_t errlen);
+
+/*
+ * tls_client_new_pkix - an SSL for a connection to mx_host that must be
+ * PKIX-verified: SNI = mx_host, reference names = mx_host and extra_names
+ * (e.g. the names of a [domain] match list), DNS-ID (SAN dNSName) only,
+ * wildcards only as the whole left-most label. A trailing dot is ignored.
+ * Names must be A-labels. Returns NULL if a name is empty, over-long or not
+ * a host name, or if OpenSSL fails. Free with SSL_free().
+ */
+SSL *tls_client_new_pkix(SSL_CTX *ctx, const char *mx_host, const char *const *extra_names,
+                         size_t n_extra);
+
+/*
+ * tls_client_new_encrypt_only - an SSL for the per-domain "tls =
+ * encrypt-only" override: SNI = mx_host, no reference name, so
+ * tls_client_verify() always fails on it; the caller logs the unverified use.
+ */
+SSL *tls_client_new_encrypt_only(SSL_CTX *ctx, const char *mx_host);
+
+/*
+ * tls_client_verify - after a completed handshake: 0 when a certificate was
+ * presented, its chain verified to a trust anchor, its dates are valid and
+ * one of the reference names matched. Otherwise -1 and why names the check
+ * in plain words, e.g.
+ *   "certificate has expired (notAfter 2020-01-31)"
+ *   "certificate name does not match mx1.example.org (certificate names:
+ *    a.example, b.example)"
+ *   "certificate is self-signed"
+ *   "certificate issuer is unknown (unable to get local issuer certificate)"
+ *   "no certificate presented"
+ * Names taken from the certificate are reduced to printable ASCII.
+ */
+int tls_client_verify(SSL *ssl, char *why, size_t whylen);
+
+/* tls_client_describe - "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)" */
+void tls_client_describe(SSL *ssl, char *buf, size_t len);
+
+#endif

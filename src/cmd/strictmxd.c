@@ -28,6 +28,7 @@
 #include "common/xmalloc.h"
 #include "engine/engine.h"
 #include "inbound/server.h"
+#include "queue/admin.h"
 #include "queue/queue.h"
 #include "tls/server.h"
 
@@ -111,6 +112,22 @@ static int drop_privileges(const struct passwd *pw)
 	}
 	log_info("event=privileges user=%s uid=%ld", pw->pw_name, (long)pw->pw_uid);
 	return 0;
+}
+
+static void on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+	log_info("event=queue_kick reason=signal");
+	queue_kick(arg);
+}
+
+/* write_pidfile - for `strictmx queue flush` to find us (data_dir/strictmxd.pid) */
+static void write_pidfile(const struct config *c)
+{
+	char *path = queue_admin_pidfile(c->data_dir);
+	FILE *f = fopen(path, "w");
+	if (f == NULL || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0)
+		log_warn("event=startup_warning error=\"pid file %s: %s\"", path, strerror(errno));
+	free(path);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -198,6 +215,7 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 1;
 	}
+	write_pidfile(&cfg);
 
 	SSL_CTX *tls = tls_server_ctx_new(&cfg, err, sizeof(err));
 	if (tls == NULL) {
@@ -230,6 +248,8 @@ int main(int argc, char **argv)
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+	struct event *sigusr1 = evsignal_new(base, SIGUSR1, on_usr1, queue);
+	event_add(sigusr1, NULL);
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
 	log_info("event=started version=%s hostname=%s config=%s", STRICTMX_VERSION, cfg.hostname,
@@ -242,6 +262,7 @@ int main(int argc, char **argv)
 	queue_close(&queue);
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sigusr1);
 	event_base_free(base);
 	SSL_CTX_free(tls);
 	config_free(&cfg);

@@ -693,9 +693,10 @@ static void on_line(struct outbound_session *s, const char *line, size_t len, si
 
 	if (st == SMTP_RP_ERROR) {
 		if (s->rp.lines >= SMTP_REPLY_MAX_LINES)
-			host_fail(s, true, false,
-			          "protocol error: reply of more than %d lines while waiting for %s",
-			          SMTP_REPLY_MAX_LINES, waiting_for[s->state]);
+			host_fail(
+			    s, true, false,
+			    "protocol error: reply of more than %d lines while waiting for %s",
+			    SMTP_REPLY_MAX_LINES, waiting_for[s->state]);
 		else
 			host_fail(s, true, false,
 			          "protocol error: malformed reply line while waiting for %s",

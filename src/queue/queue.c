@@ -410,8 +410,11 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 		time_t t = (time_t)sqlite3_column_int64(st, 0);
 		if (t > now && t < next)
 			next = t;
-		else if (t <= now && n_new == 0 && q->n_active < MAX_JOBS)
-			next = now + 1; /* due but throttled per domain: look again soon */
+		else if (t <= now)
+			/* due rows remain (more than one scan's worth, new DSNs, or
+			 * throttled per domain): look again at once, or in a second
+			 * when this scan could start nothing */
+			next = n_new ? now : now + 1;
 	}
 	sqlite3_finalize(st);
 	schedule_scan(q, next);
@@ -684,10 +687,19 @@ void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_re
 			next = now + backoff(q->cfg, job->attempts + 1);
 			if (now - created >= (time_t)q->cfg->max_queue_lifetime) {
 				state = RS_FAILED;
-				snprintf(
-				    detail, sizeof(detail),
-				    "message expired after %u days in the queue; last error: %s",
-				    q->cfg->max_queue_lifetime / 86400, r->detail);
+				char age[32];
+				unsigned life = q->cfg->max_queue_lifetime;
+				if (life >= 86400)
+					snprintf(age, sizeof(age), "%u day%s", life / 86400,
+					         life >= 2 * 86400 ? "s" : "");
+				else if (life >= 3600)
+					snprintf(age, sizeof(age), "%u hour%s", life / 3600,
+					         life >= 7200 ? "s" : "");
+				else
+					snprintf(age, sizeof(age), "%u seconds", life);
+				snprintf(detail, sizeof(detail),
+				         "message expired after %s in the queue; last error: %s",
+				         age, r->detail);
 				if (status && status[0] == '4') {
 					snprintf(statbuf, sizeof(statbuf), "5%s", status + 1);
 					status = statbuf;

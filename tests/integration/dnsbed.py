@@ -24,7 +24,10 @@ which answers for the children directly; the parent holds their delegations
 - `bogus`: (zone, owner, type) triples whose rdata is changed after signing,
   so the RRSIG no longer matches: the validator says bogus.
 - `dead`: child zones delegated to a name server address where nothing
-  listens: lookups below them end in SERVFAIL after the resolver gives up.
+  listens: lookups below them end in SERVFAIL only after the resolver's
+  retries (about 30 s with libunbound), so callers bound them with a timeout.
+- `lame`: child zones delegated to a name server name that does not exist:
+  a quick SERVFAIL.
 - SilentServer: a stub target that reads queries and never answers
   (a timeout rather than a refusal).
 
@@ -107,7 +110,7 @@ def udp_ask(addr, port, name, qtype, timeout=0.3):
 
 class DnsBed:
     def __init__(self, zones, signed=True, parent="lab.", unsigned=(), bogus=(), dead=(),
-                 addr=DEFAULT_ADDR, port=None, keep=False):
+                 lame=(), addr=DEFAULT_ADDR, port=None, keep=False):
         self.parent = fqdn(parent).lower()
         self.zones = {fqdn(z).lower(): list(v) for z, v in zones.items()}
         self.zones.setdefault(self.parent, [])
@@ -118,6 +121,7 @@ class DnsBed:
         self.unsigned = {fqdn(z).lower() for z in unsigned}
         self.bogus = [(fqdn(z).lower(), fqdn(o).lower(), t.upper()) for z, o, t in bogus]
         self.dead = [fqdn(z).lower() for z in dead]
+        self.lame = [fqdn(z).lower() for z in lame]
         self.addr = addr
         self.port = port or free_port(addr)
         self.keep = keep
@@ -199,6 +203,9 @@ class DnsBed:
         for d in self.dead:
             rel = d[: -len(self.parent) - 1]
             parent_extra += ["%s IN NS ns.%s" % (rel, d), "ns.%s IN A %s" % (d, DEAD_ADDR)]
+        for d in self.lame:
+            rel = d[: -len(self.parent) - 1]
+            parent_extra.append("%s IN NS ns.does-not-exist.%s" % (rel, self.parent))
         for z in children:
             rel = z[: -len(self.parent) - 1]
             parent_extra.append("%s IN NS ns.%s" % (rel, self.parent))

@@ -1,0 +1,137 @@
+"""The durable queue, seen from outside: `strictmx queue` while the daemon runs,
+retries, expiry with an RFC 3464 failure DSN to a local sender, and a restart
+that loses nothing."""
+import email
+import email.policy
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import smxtest  # noqa: E402
+
+
+def cli(d, *args):
+    return subprocess.run([smxtest.STRICTMX, "-c", d.conf] + list(args),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+
+
+def swaks(port, to, frm="a@example.org", subject="queue test"):
+    return subprocess.run(["swaks", "--server", "127.0.0.1:%d" % port, "--tls", "--to", to,
+                           "--from", frm, "--header", "Subject: " + subject,
+                           "--timeout", "20"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+def daemon(extra):
+    d = smxtest.Daemon(start=False)
+    with open(d.conf, "a") as f:
+        f.write(extra)
+    d.start()
+    return d
+
+
+class QueueCli(unittest.TestCase):
+    def setUp(self):
+        # a local next hop that is down: mail stays queued, retried hourly
+        self.dead = smxtest.free_port()
+        self.d = daemon("\n[local_delivery]\nlmtp = 127.0.0.1:%d\n"
+                        "\n[queue]\nretry_min = 1h\nretry_max = 1h\n" % self.dead)
+        self.addCleanup(self.d.stop)
+
+    def queued_ids(self):
+        r = cli(self.d, "queue", "list", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [m["id"] for m in json.loads(r.stdout)]
+
+    def test_list_show_flush_delete(self):
+        r = swaks(self.d.port, "bob@example.org")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        qid = r.stdout.split("queued as ")[1].split()[0]
+        self.assertTrue(smxtest.poll(lambda: "result=deferred" in self.d.log_text(), 15))
+
+        listing = json.loads(cli(self.d, "queue", "list", "--json").stdout)
+        self.assertEqual([m["id"] for m in listing], [qid])
+        msg = listing[0]
+        self.assertEqual(msg["sender"], "a@example.org")
+        self.assertEqual(msg["recipients"][0]["address"], "bob@example.org")
+        self.assertEqual(msg["recipients"][0]["state"], "queued")
+        self.assertEqual(msg["recipients"][0]["attempts"], 1)
+        self.assertIn("local delivery failed", msg["recipients"][0]["reason"])
+
+        text = cli(self.d, "queue", "list").stdout
+        self.assertIn(qid, text)
+        self.assertIn("<bob@example.org> queued", text)
+        shown = cli(self.d, "queue", "show", qid)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn("sender:   <a@example.org>", shown.stdout)
+        self.assertIn("next attempt", shown.stdout)
+
+        # flush: the daemon retries now (attempt 2), not in an hour
+        r = cli(self.d, "queue", "flush")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("notified", r.stdout)
+        self.assertTrue(smxtest.poll(lambda: "attempt=2" in self.d.log_text(), 15),
+                        self.d.log_text())
+
+        r = cli(self.d, "queue", "delete", qid)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.queued_ids(), [])
+        self.assertFalse(os.path.exists(os.path.join(self.d.data_dir, "queue", qid)))
+        r = cli(self.d, "queue", "show", qid)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no message", r.stderr)
+
+    def test_restart_keeps_the_queue(self):
+        for i in range(5):
+            r = swaks(self.d.port, "bob@example.org", subject="restart %d" % i)
+            self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        os.environ["SMX_KEEP_TMP"] = "1"  # the same data_dir is started again
+        try:
+            self.d.stop()
+        finally:
+            del os.environ["SMX_KEEP_TMP"]
+        self.d._stopped = False
+        self.d.start()
+        self.assertEqual(len(self.queued_ids()), 5)
+        self.assertIn("event=queue_recovered messages=5 missing_bodies=0", self.d.log_text())
+
+
+class ExpiryDsn(unittest.TestCase):
+    def test_expired_message_bounces_to_local_sender(self):
+        dead = smxtest.free_port()
+        d = daemon("relay_networks = 127.0.0.0/8\n"
+                   "\n[queue]\nretry_min = 1\nretry_max = 1\nmax_queue_lifetime = 2\n"
+                   '\n[domain "remote.lab"]\nroute = 127.0.0.1:%d\n' % dead)
+        self.addCleanup(d.stop)
+        # the [server] block is written first by smxtest; relay_networks above is
+        # appended after the local_domains line, still inside [server]
+        r = swaks(d.port, "carol@remote.lab", frm="alice@example.org", subject="will expire")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout, r.stdout)
+        qid = r.stdout.split("queued as ")[1].split()[0]
+        files = d.wait_mail("example.org", "alice", 1, timeout=30)
+        self.assertTrue(files, d.log_text())
+        with open(files[0], "rb") as f:
+            dsn = email.message_from_binary_file(f, policy=email.policy.default)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        self.assertEqual(dsn["To"].addresses[0].addr_spec, "alice@example.org")
+        parts = list(dsn.iter_parts())
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "message/delivery-status", "text/rfc822-headers"])
+        self.assertIn("carol@remote.lab", parts[0].get_content())
+        status = parts[1].as_string()
+        self.assertIn("Reporting-MTA: dns; mx.test.example", status)
+        self.assertIn("Final-Recipient: rfc822; carol@remote.lab", status)
+        self.assertIn("Action: failed", status)
+        self.assertRegex(status, r"Status: 5\.\d+\.\d+")
+        self.assertIn("Subject: will expire", parts[2].as_string())
+        self.assertIn(qid, parts[0].get_content())
+        # the DSN went out with the null sender, and the original is gone
+        self.assertTrue(smxtest.poll(lambda: "event=removed id=%s" % qid in d.log_text(), 10))
+
+
+if __name__ == "__main__":
+    unittest.main()

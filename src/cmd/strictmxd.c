@@ -227,6 +227,12 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	if (base == NULL)
 		fatal("event_base_new failed");
+	/* signals first: a SIGTERM during start-up still ends cleanly */
+	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+
 	struct inbound_server *srv = inbound_server_new(base, &cfg, tls, NULL, err, sizeof(err));
 	if (srv == NULL) {
 		log_err("event=startup_error error=\"%s\"", err);
@@ -244,14 +250,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	inbound_server_set_queue(srv, queue);
-	struct engine *engine = engine_new(base, &cfg, queue, err, sizeof(err));
-
-	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
 	struct event *sigusr1 = evsignal_new(base, SIGUSR1, on_usr1, queue);
 	event_add(sigusr1, NULL);
-	event_add(sigterm, NULL);
-	event_add(sigint, NULL);
+	struct engine *engine = engine_new(base, &cfg, queue, err, sizeof(err));
+	if (engine == NULL) {
+		log_err("event=startup_error error=\"%s\"", err);
+		return 1;
+	}
+
 	log_info("event=started version=%s hostname=%s config=%s", STRICTMX_VERSION, cfg.hostname,
 	         path ? path : "embedded");
 

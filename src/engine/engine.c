@@ -17,6 +17,8 @@
 #include "common/xmalloc.h"
 #include "delivery/lmtp.h"
 #include "delivery/maildir.h"
+#include "dns/dns.h"
+#include "outbound/delivery.h"
 #include "queue/queue.h"
 
 struct lmtp_ctx {
@@ -27,11 +29,22 @@ struct lmtp_ctx {
 	size_t n;
 };
 
+struct remote_ctx {
+	struct engine *e;
+	struct remote_ctx *next;
+	struct outbound_delivery *d;
+	uint64_t job_id;
+	bool started;
+};
+
 struct engine {
 	struct event_base *base;
 	const struct config *cfg;
 	struct queue *q;
 	struct lmtp_ctx *lmtp_jobs;
+	struct dns_ctx *dns;
+	struct outbound_ctx *out;
+	struct remote_ctx *remote_jobs;
 };
 
 static void result_set(struct queue_rcpt_result *r, enum queue_outcome o, int code, const char *enh,
@@ -119,14 +132,53 @@ static void deliver_lmtp(struct engine *e, const struct queue_job *job)
 	}
 }
 
+static void remote_done(void *arg, const struct outbound_rcpt_outcome *o, size_t n)
+{
+	struct remote_ctx *rc = arg;
+	struct engine *e = rc->e;
+	struct queue_rcpt_result *res = xcalloc(n ? n : 1, sizeof(*res));
+	for (size_t i = 0; i < n; i++) {
+		res[i].outcome = o[i].outcome == OUT_DELIVERED ? QUEUE_DELIVERED
+		                 : o[i].outcome == OUT_FAIL    ? QUEUE_FAIL
+		                                               : QUEUE_DEFER;
+		res[i].reply = o[i].reply;
+		snprintf(res[i].mx, sizeof(res[i].mx), "%s", o[i].mx);
+		snprintf(res[i].detail, sizeof(res[i].detail), "%s", o[i].detail);
+	}
+	for (struct remote_ctx **pp = &e->remote_jobs; *pp; pp = &(*pp)->next)
+		if (*pp == rc) {
+			*pp = rc->next;
+			break;
+		}
+	uint64_t job_id = rc->job_id;
+	free(rc);
+	queue_job_done(e->q, job_id, res);
+	free(res);
+}
+
 static void deliver_remote(struct engine *e, struct queue *q, const struct queue_job *job)
 {
-	struct queue_rcpt_result *res = xcalloc(job->n_rcpts, sizeof(*res));
-	for (size_t i = 0; i < job->n_rcpts; i++)
-		result_set(&res[i], QUEUE_DEFER, 451, "4.4.0",
-		           "outbound delivery is not enabled in this build");
-	queue_job_done(q, job->job_id, res);
-	free(res);
+	struct remote_ctx *rc = xcalloc(1, sizeof(*rc));
+	rc->e = e;
+	rc->job_id = job->job_id;
+	rc->next = e->remote_jobs;
+	e->remote_jobs = rc;
+	struct outbound_request req = {
+	    .msg_id = job->msg_id,
+	    .domain = job->domain,
+	    .sender = job->sender,
+	    .rcpts = (const char *const *)job->rcpts,
+	    .n_rcpts = job->n_rcpts,
+	    .body_path = job->body_path,
+	    .size = job->size,
+	};
+	/* the delivery may finish (and free rc) before it returns */
+	struct outbound_delivery *d = outbound_deliver(e->out, &req, remote_done, rc);
+	for (struct remote_ctx *r = e->remote_jobs; r; r = r->next)
+		if (r == rc) {
+			rc->d = d;
+			rc->started = true;
+		}
 }
 
 static void deliver(void *arg, struct queue *q, const struct queue_job *job)
@@ -147,6 +199,17 @@ struct engine *engine_new(struct event_base *base, const struct config *c, struc
 	e->base = base;
 	e->cfg = c;
 	e->q = q;
+	e->dns = dns_new(base, c, err, errlen);
+	if (e->dns == NULL) {
+		free(e);
+		return NULL;
+	}
+	e->out = outbound_ctx_new(base, c, e->dns, err, errlen);
+	if (e->out == NULL) {
+		dns_free(&e->dns);
+		free(e);
+		return NULL;
+	}
 	queue_set_deliverer(q, deliver, e);
 	return e;
 }
@@ -162,6 +225,14 @@ void engine_free(struct engine **ep)
 		lmtp_cancel(&lc->job);
 		free(lc);
 	}
+	while (e->remote_jobs) {
+		struct remote_ctx *rc = e->remote_jobs;
+		e->remote_jobs = rc->next;
+		outbound_cancel(&rc->d);
+		free(rc);
+	}
+	outbound_ctx_free(&e->out);
+	dns_free(&e->dns);
 	free(e);
 	*ep = NULL;
 }

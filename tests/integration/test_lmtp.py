@@ -135,8 +135,10 @@ class LmtpTest(unittest.TestCase):
             self.assertRegex(msg, smxtest.RECEIVED_TLS_RE)
             self.assertIn(b"\n.leading dot\r\n" if b"\r\n" in msg else b"\n.leading dot\n", msg)
             self.assertIn(b"Subject: via lmtp", msg)
-        self.assertRegex(d.log_text(), r"event=result id=\S+ rcpt=<alice@example.org> "
+        import re
+        pat = re.compile(r"event=result id=\S+ rcpt=<alice@example.org> "
                          r"mx=127\.0\.0\.1:%d result=delivered" % dv.port)
+        self.assertTrue(smxtest.poll(lambda: pat.search(d.log_text()), 10), d.log_text())
         self.assertTrue(smxtest.poll(lambda: "event=removed" in d.log_text(), 10))
 
     def test_next_hop_down_defers_then_delivers(self):

@@ -64,7 +64,7 @@ const char *log_escape(const void *in, size_t len, char *out, size_t outsz)
 		return out;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = p[i];
-		size_t need = (c >= 0x21 && c < 0x7f && c != '"' && c != '\\') ? 1 : 4;
+		size_t need = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? 1 : 4;
 		if (o + need + 4 > outsz) {
 			if (o + 4 <= outsz) {
 				memcpy(out + o, "...", 3);

@@ -44,6 +44,7 @@ struct outbound_ctx {
 	struct dns_ctx *dns;
 	SSL_CTX *tls;
 	struct outbound_delivery *all;
+	uint64_t next_id;
 };
 
 enum fail_kind { FK_NONE, FK_DNS, FK_CONNECT, FK_STARTTLS, FK_CERT, FK_TLS, FK_PROTOCOL };
@@ -414,6 +415,7 @@ static void tls_done(struct outbound_delivery *d)
 static void conn_process(struct outbound_delivery *d)
 {
 	struct evbuffer *in = bufferevent_get_input(d->bev);
+	flush_output(d); /* e.g. the EHLO queued by tls_started() */
 	for (;;) {
 		enum outbound_action act = outbound_session_action(d->sess);
 		if (act == OUTBOUND_NONE) {
@@ -555,6 +557,7 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 	    .size = d->size,
 	    .body_8bit = true,
 	    .require_tls = true,
+	    .id = ++d->ctx->next_id,
 	};
 	d->sess = outbound_session_new(&p);
 	free(rc);

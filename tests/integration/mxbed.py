@@ -486,6 +486,11 @@ class PostfixMX:
             out.append((m.group(1), counts))
         return out
 
+    def wait_sessions_with(self, command="ehlo", timeout=15.0):
+        """Bounded poll until a finished smtpd session used `command` (e.g. "ehlo": a
+        real SMTP client, not a port probe); returns the matching sessions or None."""
+        return _poll(lambda: [s for s in self.sessions() if command in s[1]], timeout)
+
     def mail_commands(self):
         """How many MAIL commands smtpd received in all finished sessions."""
         return sum(c.get("mail", 0) for _cl, c in self.sessions())

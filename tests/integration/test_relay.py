@@ -1,0 +1,134 @@
+"""strictmx relaying to strictmx: the sending side must verify the receiving
+side's certificate (PKIX, test CA) before MAIL is sent; a name mismatch defers
+(or bounces with tls_failure = bounce) with the failed check named."""
+import email
+import email.policy
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import smxtest  # noqa: E402
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True,
+                   timeout=60, stdin=subprocess.DEVNULL)
+
+
+class Pki:
+    """A throw-away CA and one leaf for mx.b.lab."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="smx-pki-")
+        os.chmod(self.dir, 0o755)
+        d = self.dir
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
+                "-subj", "/CN=strictmx test CA", cwd=d)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "mx.key", "-out", "mx.csr", "-subj", "/CN=mx.b.lab", cwd=d)
+        with open(os.path.join(d, "ext"), "w") as f:
+            f.write("subjectAltName=DNS:mx.b.lab\n")
+        openssl("x509", "-req", "-in", "mx.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "mx.crt", "-days", "10", "-extfile", "ext", cwd=d)
+        for n in ("mx.key", "mx.crt", "ca.crt"):
+            os.chmod(os.path.join(d, n), 0o644)
+        self.ca = os.path.join(d, "ca.crt")
+        self.cert = os.path.join(d, "mx.crt")
+        self.key = os.path.join(d, "mx.key")
+
+
+def swaks(port, to, frm="x@a.lab", subject="relay test"):
+    return subprocess.run(["swaks", "--server", "127.0.0.1:%d" % port, "--tls", "--to", to,
+                           "--from", frm, "--header", "Subject: " + subject,
+                           "--body", "relay body marker", "--timeout", "20"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+def receiver(pki):
+    d = smxtest.Daemon(start=False)
+    text = open(d.conf).read().replace("local_domains = example.org", "local_domains = b.lab")
+    text += "tls_cert = %s\ntls_key = %s\n" % (pki.cert, pki.key)
+    with open(d.conf, "w") as f:
+        f.write(text)
+    d.start()
+    return d
+
+
+def sender(pki, port, extra=""):
+    d = smxtest.Daemon(start=False)
+    text = open(d.conf).read().replace("local_domains = example.org", "local_domains = a.lab")
+    text += ("relay_networks = 127.0.0.0/8\n"
+             "\n[outbound]\nca_file = %s\nconnect_timeout = 5\ncommand_timeout = 10\n"
+             "\n[queue]\nretry_min = 1h\n"
+             '\n[domain "b.lab"]\nroute = 127.0.0.1:%d\nmatch = mx.b.lab\n'
+             '\n[domain "wrong.lab"]\nroute = 127.0.0.1:%d\n' % (pki.ca, port, port)) + extra
+    with open(d.conf, "w") as f:
+        f.write(text)
+    d.start()
+    return d
+
+
+class Relay(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = Pki()
+
+    def test_verified_delivery(self):
+        b = receiver(self.pki)
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port)
+        self.addCleanup(a.stop)
+        r = swaks(a.port, "bob@b.lab")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout, r.stdout)
+        files = b.wait_mail("b.lab", "bob", 1, timeout=20)
+        self.assertTrue(files, a.log_text())
+        msg = open(files[0], "rb").read()
+        # two Received lines: the receiving MX's (over TLS from the relay) and the relay's
+        self.assertEqual(msg.count(b"Received: from"), 2, msg[:600])
+        self.assertIn(b"relay body marker", msg)
+        log = a.log_text()
+        self.assertRegex(log, r"event=delivery id=\S+ rcpt=<bob@b.lab> mx=mx.b.lab ip=127.0.0.1 "
+                              r"tls=\"TLSv1\.3 with cipher \S+ \(\d+/\d+ bits\)\" verified=pkix "
+                              r"result=delivered")
+        self.assertTrue(smxtest.poll(lambda: "event=removed" in a.log_text(), 10))
+
+    def test_name_mismatch_defers_and_sends_nothing(self):
+        b = receiver(self.pki)
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port)
+        self.addCleanup(a.stop)
+        r = swaks(a.port, "bob@wrong.lab")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        self.assertTrue(smxtest.poll(lambda: "result=deferred" in a.log_text(), 20),
+                        a.log_text())
+        self.assertRegex(a.log_text(), r"certificate name does not match wrong.lab "
+                                       r"\(certificate names: mx.b.lab\)")
+        self.assertRegex(a.log_text(), r"result=deferred status=4\.7\.5")
+        # the receiving side saw TLS and then nothing: no MAIL, no message
+        self.assertNotIn("event=queued", b.log_text())
+        self.assertEqual(b.all_mail_files(), [])
+
+    def test_tls_failure_bounce_gives_dsn(self):
+        b = receiver(self.pki)
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port, "\n[outbound]\ntls_failure = bounce\n")
+        self.addCleanup(a.stop)
+        r = swaks(a.port, "bob@wrong.lab", frm="alice@a.lab")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        files = a.wait_mail("a.lab", "alice", 1, timeout=20)
+        self.assertTrue(files, a.log_text())
+        dsn = email.message_from_binary_file(open(files[0], "rb"), policy=email.policy.default)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        human, status, _hdrs = list(dsn.iter_parts())
+        self.assertIn("certificate", human.get_content())
+        self.assertIn("could not be verified", human.get_content())
+        self.assertIn("Action: failed", status.as_string())
+        self.assertIn("Status: 5.7.5", status.as_string())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -23,9 +23,10 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 #define log_err(...)   log_msg(LOG_LVL_ERR, __VA_ARGS__)
 
 /*
- * log_escape - render untrusted bytes for a log value (to be written inside
- * double quotes): printable ASCII and space, other than '"' and '\\', is kept, everything else becomes \xNN; truncated (with
- * "...") to fit outsz. Returns out.
+ * log_escape - render untrusted bytes for a log value written inside double
+ * quotes: printable ASCII and space, other than '"' and '\\', are kept;
+ * everything else becomes \xNN; truncated (with "...") to fit outsz.
+ * Returns out.
  */
 const char *log_escape(const void *in, size_t len, char *out, size_t outsz);
 

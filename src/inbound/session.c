@@ -25,6 +25,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 #include "common/qid.h"
 #include "common/xmalloc.h"
@@ -80,8 +81,7 @@ struct inbound_session {
 	int skip_cr;
 	char queue_id[40];
 	/* output */
-	char *out;
-	size_t out_len, out_cap;
+	struct buf out;
 };
 
 static const char *const state_names[] = {"cmd", "skipline", "data", "bdat", "wait", "closed"};
@@ -96,15 +96,7 @@ static void enter_state(struct inbound_session *s, enum state st)
 
 static void out_append(struct inbound_session *s, const char *p, size_t n)
 {
-	if (s->out_len + n > s->out_cap) {
-		size_t cap = s->out_cap ? s->out_cap : 512;
-		while (cap < s->out_len + n)
-			cap *= 2;
-		s->out = xrealloc(s->out, cap);
-		s->out_cap = cap;
-	}
-	memcpy(s->out + s->out_len, p, n);
-	s->out_len += n;
+	buf_append(&s->out, p, n);
 }
 
 static void send_reply(struct inbound_session *s, const struct smtp_reply *r)
@@ -175,7 +167,7 @@ void inbound_session_free(struct inbound_session **sp)
 	if (s == NULL)
 		return;
 	tx_reset(s);
-	free(s->out);
+	buf_free(&s->out);
 	free(s);
 	*sp = NULL;
 }
@@ -192,13 +184,13 @@ enum inbound_action inbound_session_action(const struct inbound_session *s)
 
 const char *inbound_session_output(const struct inbound_session *s, size_t *len)
 {
-	*len = s->out_len;
-	return s->out;
+	*len = s->out.len;
+	return s->out.p;
 }
 
 void inbound_session_output_clear(struct inbound_session *s)
 {
-	s->out_len = 0;
+	s->out.len = 0;
 }
 
 bool inbound_session_in_data(const struct inbound_session *s)

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "smtp/line.h"
@@ -97,8 +98,7 @@ struct outbound_session {
 	bool host_temporary;
 	char host_reason[REASON_MAX];
 
-	char *out;
-	size_t out_len, out_cap;
+	struct buf out;
 };
 
 static void enter_state(struct outbound_session *s, enum state st)
@@ -111,15 +111,7 @@ static void enter_state(struct outbound_session *s, enum state st)
 
 static void out_append(struct outbound_session *s, const char *p, size_t n)
 {
-	if (s->out_len + n > s->out_cap) {
-		size_t cap = s->out_cap ? s->out_cap : 512;
-		while (cap < s->out_len + n)
-			cap *= 2;
-		s->out = xrealloc(s->out, cap);
-		s->out_cap = cap;
-	}
-	memcpy(s->out + s->out_len, p, n);
-	s->out_len += n;
+	buf_append(&s->out, p, n);
 }
 
 static void out_cmd(struct outbound_session *s, const char *fmt, ...)
@@ -286,7 +278,7 @@ void outbound_session_free(struct outbound_session **sp)
 	free(s->helo_name);
 	free(s->mx_host);
 	free(s->sender);
-	free(s->out);
+	buf_free(&s->out);
 	free(s);
 	*sp = NULL;
 }
@@ -298,13 +290,13 @@ enum outbound_action outbound_session_action(const struct outbound_session *s)
 
 const char *outbound_session_output(const struct outbound_session *s, size_t *len)
 {
-	*len = s->out_len;
-	return s->out;
+	*len = s->out.len;
+	return s->out.p;
 }
 
 void outbound_session_output_clear(struct outbound_session *s)
 {
-	s->out_len = 0;
+	s->out.len = 0;
 }
 
 bool outbound_session_tls_active(const struct outbound_session *s)

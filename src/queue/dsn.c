@@ -6,25 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/xmalloc.h"
 
 struct sbuf {
-	char *p;
-	size_t len, cap;
+	struct buf b;
 };
 
 static void sb_add(struct sbuf *b, const char *s, size_t n)
 {
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		b->p = xrealloc(b->p, cap);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
+	buf_append(&b->b, s, n);
 }
 
 static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -181,9 +172,9 @@ char *dsn_build(const struct dsn_input *in, size_t *len)
 	sb_printf(&b, "--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", in->boundary);
 	if (in->orig_headers && in->orig_headers_len)
 		sb_add(&b, in->orig_headers, in->orig_headers_len);
-	if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0)
+	if (b.b.len < 2 || memcmp(b.b.p + b.b.len - 2, "\r\n", 2) != 0)
 		sb_add(&b, "\r\n", 2);
 	sb_printf(&b, "\r\n--%s--\r\n", in->boundary);
-	*len = b.len;
-	return b.p;
+	*len = b.b.len;
+	return b.b.p;
 }

@@ -29,13 +29,20 @@
 /* RFC 1035 §2.3.4: 255 octets on the wire, 253 as text without the dot */
 #define HOST_MAX 253
 
+/* RFC 7218 §2.1 certificate usages (OpenSSL keeps its names internal) */
+#define TLSA_DANE_TA 2
+#define TLSA_DANE_EE 3
+
 /* What the verify callback learned, kept in the SSL's ex_data. */
 struct verify_state {
-	bool pkix;   /* reference names were set: verification is demanded */
-	int err;     /* first X509_V_ERR_* seen, 0 = none */
-	int depth;   /* where in the chain */
-	X509 *cert;  /* the certificate at that depth (owned) */
-	char *names; /* reference names for messages: "a or b" */
+	bool pkix;       /* reference names were set: verification is demanded */
+	bool dane;       /* from tls_client_new_dane: verdict by tls_client_verify_dane */
+	size_t n_usable; /* DANE: TLSA records OpenSSL accepted */
+	char *base;      /* DANE: the TLSA base domain, for messages */
+	int err;         /* first X509_V_ERR_* seen, 0 = none */
+	int depth;       /* where in the chain */
+	X509 *cert;      /* the certificate at that depth (owned) */
+	char *names;     /* reference names for messages: "a or b" */
 };
 
 static CRYPTO_ONCE idx_once = CRYPTO_ONCE_STATIC_INIT;
@@ -54,6 +61,7 @@ static void state_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lon
 		return;
 	X509_free(vs->cert);
 	free(vs->names);
+	free(vs->base);
 	free(vs);
 }
 
@@ -407,6 +415,11 @@ int tls_client_verify(SSL *ssl, char *why, size_t whylen)
 		snprintf(why, whylen, "connection was not set up for verification");
 		return -1;
 	}
+	if (vs->dane) {
+		char matched[64];
+
+		return tls_client_verify_dane(ssl, why, whylen, matched, sizeof(matched));
+	}
 	if (!vs->pkix) {
 		snprintf(why, whylen, "no reference name was set (encrypt-only): not verified");
 		return -1;
@@ -436,6 +449,195 @@ int tls_client_verify(SSL *ssl, char *why, size_t whylen)
 		return -1;
 	}
 	return 0;
+}
+
+/* append_name - vs->names += " or " name */
+static void append_name(struct verify_state *vs, const char *name)
+{
+	size_t n = strlen(vs->names) + strlen(name) + 5;
+
+	vs->names = xrealloc(vs->names, n);
+	strcat(vs->names, " or ");
+	strcat(vs->names, name);
+}
+
+SSL *tls_client_new_dane(SSL_CTX *ctx, const char *base, const char *const *extra_names,
+                         size_t n_extra, const struct tls_tlsa *recs, size_t n_recs,
+                         size_t *n_usable, char *why, size_t whylen)
+{
+	char host[HOST_MAX + 2], extra[HOST_MAX + 2];
+	size_t usable = 0;
+	struct verify_state *vs;
+	SSL *ssl;
+	int r;
+
+	if (n_usable != NULL)
+		*n_usable = 0;
+	if (whylen > 0)
+		why[0] = '\0';
+	if (ctx == NULL || (recs == NULL && n_recs > 0) || (extra_names == NULL && n_extra > 0)) {
+		snprintf(why, whylen, "invalid arguments");
+		return NULL;
+	}
+	if (!host_copy(base, false, host, sizeof(host))) {
+		snprintf(why, whylen, "TLSA base domain is not a host name");
+		return NULL;
+	}
+	ERR_clear_error();
+	/* c-anchors B.1, security-anchors §3.4: SNI = the TLSA base domain */
+	ssl = new_ssl(ctx, host, false);
+	if (ssl == NULL) {
+		snprintf(why, whylen, "SSL_new: %s", tls_policy_ossl_reason());
+		ERR_clear_error();
+		return NULL;
+	}
+	vs = SSL_get_ex_data(ssl, get_idx());
+	vs->dane = true;
+	vs->base = xstrdup(host);
+	vs->names = xstrdup(host);
+	/* as for PKIX: DNS-IDs only, wildcards only as the whole left-most label */
+	SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+	                           X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+	/*
+	 * The base domain becomes the primary reference name (SNI is already
+	 * set, so it stays). Extra names with SSL_add1_host: SSL_set1_host
+	 * would replace the base domain.
+	 */
+	r = SSL_dane_enable(ssl, host);
+	if (r <= 0) {
+		snprintf(why, whylen, "SSL_dane_enable: %s", tls_policy_ossl_reason());
+		goto fail;
+	}
+	/* RFC 7672 §3.1.1: no name checks for DANE-EE(3) */
+	SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+	for (size_t i = 0; i < n_extra; i++) {
+		if (!host_copy(extra_names[i], true, extra, sizeof(extra))) {
+			snprintf(why, whylen, "reference name %zu is not a host name", i + 1);
+			goto fail;
+		}
+		if (!SSL_add1_host(ssl, extra)) {
+			snprintf(why, whylen, "SSL_add1_host: %s", tls_policy_ossl_reason());
+			goto fail;
+		}
+		append_name(vs, extra);
+	}
+	for (size_t i = 0; i < n_recs; i++) {
+		const struct tls_tlsa *t = &recs[i];
+
+		/*
+		 * RFC 7672 §3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for
+		 * SMTP. OpenSSL would accept them, and with them consult the
+		 * trust store again, so they never reach it.
+		 */
+		if ((t->usage != TLSA_DANE_TA && t->usage != TLSA_DANE_EE) || t->data == NULL ||
+		    t->len == 0) {
+			continue;
+		}
+		r = SSL_dane_tlsa_add(ssl, t->usage, t->selector, t->mtype, t->data, t->len);
+		if (r > 0) {
+			usable++;
+		} else if (r == 0) {
+			/* unknown selector/mtype, wrong digest length, bad DER */
+			ERR_clear_error();
+		} else {
+			snprintf(why, whylen, "SSL_dane_tlsa_add: %s", tls_policy_ossl_reason());
+			goto fail;
+		}
+	}
+	if (n_usable != NULL)
+		*n_usable = usable;
+	/*
+	 * With no usable record OpenSSL would quietly verify against the
+	 * trust store (PKIX), which is not DANE: refuse, the caller decides
+	 * (RFC 7672 §2.2: TLS without authentication).
+	 */
+	if (usable == 0) {
+		snprintf(why, whylen, "none of the %zu TLSA records for %s is usable", n_recs,
+		         host);
+		goto fail;
+	}
+	vs->n_usable = usable;
+	ERR_clear_error();
+	return ssl;
+fail:
+	SSL_free(ssl);
+	ERR_clear_error();
+	return NULL;
+}
+
+int tls_client_verify_dane(SSL *ssl, char *why, size_t whylen, char *matched, size_t matchedlen)
+{
+	struct verify_state *vs = ssl != NULL ? SSL_get_ex_data(ssl, get_idx()) : NULL;
+	uint8_t usage = 0, selector = 0, mtype = 0;
+	const unsigned char *data = NULL;
+	size_t dlen = 0;
+	X509 *leaf, *mcert = NULL;
+	EVP_PKEY *mspki = NULL;
+	int depth, err;
+	long res;
+
+	if (whylen > 0)
+		why[0] = '\0';
+	if (matchedlen > 0)
+		matched[0] = '\0';
+	if (vs == NULL || !vs->dane) {
+		snprintf(why, whylen, "connection was not set up for DANE");
+		return -1;
+	}
+	if (vs->n_usable == 0) {
+		/* cannot happen through tls_client_new_dane; never PKIX by accident */
+		snprintf(why, whylen, "no usable TLSA records for %s", vs->base);
+		return -1;
+	}
+	if (!SSL_is_init_finished(ssl)) {
+		snprintf(why, whylen, "TLS handshake is not complete");
+		return -1;
+	}
+	leaf = SSL_get0_peer_certificate(ssl);
+	if (leaf == NULL) {
+		snprintf(why, whylen, "no certificate presented");
+		return -1;
+	}
+	res = SSL_get_verify_result(ssl);
+	/* < 0 unless verification succeeded and a TLSA record matched */
+	depth = SSL_get0_dane_authority(ssl, &mcert, &mspki);
+	if (res == X509_V_OK && depth >= 0 &&
+	    SSL_get0_dane_tlsa(ssl, &usage, &selector, &mtype, &data, &dlen) == depth) {
+		/*
+		 * DANE-EE: the leaf matched, which is all RFC 7672 §3.1.1
+		 * asks; its names and dates are not looked at. DANE-TA: the
+		 * chain, dates and names were checked as well, so any error
+		 * the callback saw is a failure even if OpenSSL says OK.
+		 */
+		if (usage == TLSA_DANE_EE && depth == 0) {
+			snprintf(matched, matchedlen, "%u %u %u matched the server certificate",
+			         usage, selector, mtype);
+			return 0;
+		}
+		if (usage == TLSA_DANE_TA && vs->err == 0) {
+			snprintf(matched, matchedlen,
+			         "%u %u %u matched the trust anchor at depth %d", usage, selector,
+			         mtype, depth);
+			return 0;
+		}
+	}
+	err = vs->err != 0 ? vs->err : (int)res;
+	switch (err) {
+	case X509_V_OK:
+		/* verified, but not by a TLSA record: not DANE */
+	case X509_V_ERR_DANE_NO_MATCH:
+		snprintf(why, whylen, "TLSA records do not match the certificate of %s", vs->base);
+		break;
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+		/* only DANE-TA gets here: the chain matched, the name did not */
+		snprintf(why, whylen, "certificate name does not match %s", vs->names);
+		break;
+	default:
+		explain(vs, err, vs->err != 0 ? vs->depth : 0, leaf, vs->err != 0 ? vs->cert : NULL,
+		        why, whylen);
+		break;
+	}
+	return -1;
 }
 
 void tls_client_describe(SSL *ssl, char *buf, size_t len)

@@ -13,6 +13,7 @@
 #define STRICTMX_TLS_CLIENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <openssl/ssl.h>
 
 struct config;
@@ -59,8 +60,53 @@ SSL *tls_client_new_encrypt_only(SSL_CTX *ctx, const char *mx_host);
  *   "certificate issuer is unknown (unable to get local issuer certificate)"
  *   "no certificate presented"
  * Names taken from the certificate are reduced to printable ASCII.
+ * On an SSL from tls_client_new_dane it gives tls_client_verify_dane's verdict.
  */
 int tls_client_verify(SSL *ssl, char *why, size_t whylen);
+
+/*
+ * A TLSA record (RFC 6698 §2.1) as the caller got it from a DNSSEC-validated
+ * answer: certificate usage, selector, matching type, and the certificate
+ * association data in binary (wire) form. Only borrowed for the call.
+ */
+struct tls_tlsa {
+	uint8_t usage, selector, mtype;
+	const unsigned char *data; /* binary (wire) form */
+	size_t len;
+};
+
+/*
+ * tls_client_new_dane - an SSL for a DANE-authenticated connection: only
+ * usages 2 and 3 are loaded (0/1 are dropped here, RFC 7672 §3.1.3), at least
+ * one must be usable (*n_usable says how many), else NULL with why. base = the
+ * TLSA base domain (SNI and primary reference name for DANE-TA); extra names
+ * (the MX host name before CNAME expansion, ...) are added with SSL_add1_host.
+ * DANE-EE matches skip name checks (DANE_FLAG_NO_DANE_EE_NAMECHECKS).
+ *
+ * The trust store of ctx is never consulted for such a connection: with only
+ * usages 2/3 loaded OpenSSL builds the chain to the TLSA records alone, and
+ * a connection with no usable record is refused here rather than left to
+ * OpenSSL's silent PKIX fallback. Names are validated as for
+ * tls_client_new_pkix (extra names may start with '.'); n_usable may be NULL.
+ * Free with SSL_free().
+ */
+SSL *tls_client_new_dane(SSL_CTX *ctx, const char *base, const char *const *extra_names,
+                         size_t n_extra, const struct tls_tlsa *recs, size_t n_recs,
+                         size_t *n_usable, char *why, size_t whylen);
+
+/*
+ * tls_client_verify_dane - after the handshake on an SSL from
+ * tls_client_new_dane: 0 when DANE authenticated the peer (matched is set to
+ * e.g. "3 1 1 matched the server certificate" or "2 0 1 matched the trust
+ * anchor at depth 1"); -1 with why in plain words otherwise:
+ * "TLSA records do not match the certificate of mx.example.org" (name the
+ * host = base), or for DANE-TA "certificate name does not match mx.example.org"
+ * when the chain matched but the name did not ("... does not match a or b"
+ * with extra names). Other DANE-TA failures read as for tls_client_verify
+ * ("certificate has expired (notAfter 2020-01-31)", ...). DANE-EE(3) matches
+ * ignore names and dates (RFC 7672 §3.1.1). On any other SSL: -1.
+ */
+int tls_client_verify_dane(SSL *ssl, char *why, size_t whylen, char *matched, size_t matchedlen);
 
 /* tls_client_describe - "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)" */
 void tls_client_describe(SSL *ssl, char *buf, size_t len);

@@ -20,8 +20,10 @@ Domain -> MX host -> address (one domain per case, all in one DNS bed):
   stripped/454/inject/proxied.example.lab  mx1.<d> A 127.0.0.31..34 (proxy) -> Postfix .21
   restart.example.lab     mx1.restart.example.lab     127.0.0.21  Postfix tls=valid
 
-Expected outcomes follow the outbound specification; these tests are pending until the
-outbound code lands. Every wait is a bounded poll; peers are stopped in cleanups.
+Expected outcomes follow the outbound specification (log keys as the daemon writes them:
+`event=result ... result=delivered|deferred|failed ... detail="..."`, `verified=pkix` on the
+delivery/tls_out lines, `event=outbound_response_injection`; queue via
+`strictmx -c CONF queue list --json`). Every wait is a bounded poll; peers are stopped in cleanups.
 """
 
 import email
@@ -214,7 +216,7 @@ class OutboundBase(unittest.TestCase):
                             for h in headers), headers)
         # the MX saw TLS (its Received line names the protocol) and PKIX was the check
         self.assertTrue(mx.tls_sessions(), mx.log())
-        self.assertRegex(d.log_text(), r"verified=pkix")
+        self.assertRegex(d.log_text(), r"id=%s\b[^\n]*\bverified=pkix\b" % re.escape(msg_id))
         self.assertTrue(smxtest.poll(lambda: queue_empty(d, [msg_id]), 15),
                         "message %s still queued: %r" % (msg_id, queue_entries(d)))
         return mine[0]

@@ -1,0 +1,558 @@
+/*
+ * test_tls_dane - outbound DANE (RFC 7672, RFC 7671): a test CA and leaf
+ * certificates made in process, TLSA records computed from them, handshakes
+ * over BIO pairs, and the verdict of tls_client_verify_dane() in its exact
+ * words (security-anchors §3, c-anchors B.1): DANE-EE ignores names and
+ * dates, DANE-TA checks the name, usages 0/1 and malformed records are never
+ * loaded, and the trust store is never a fallback.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "common/config.h"
+#include "tls/client.h"
+
+#define MX "mx.example.lab"
+
+static char ca_path[] = "/tmp/test_tls_dane.XXXXXX";
+static EVP_PKEY *ca_key, *other_ca_key, *leaf_key, *other_key;
+static X509 *ca, *other_ca;
+static X509 *leaf;    /* MX, signed by ca, valid */
+static X509 *expired; /* MX, signed by ca, expired in 2020 */
+static X509 *wrong;   /* other.example.lab, signed by ca */
+static X509 *other;   /* MX, signed by ca, with other_key */
+static SSL_CTX *cctx; /* the client context under test: ca is in its trust store */
+
+/* a TLSA record with its data kept alongside */
+struct rec {
+	struct tls_tlsa t;
+	unsigned char buf[EVP_MAX_MD_SIZE];
+};
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX v3;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+	assert_non_null(ext);
+	assert_int_equal(X509_add_ext(x, ext, -1), 1);
+	X509_EXTENSION_free(ext);
+}
+
+/*
+ * make_cert - CN, SAN list ("DNS:a,DNS:b" or NULL), validity (times as
+ * "YYYYMMDDHHMMSSZ", or NULL for now-1h .. now+1d), signed by issuer/ikey
+ * (NULL: self-signed with key). Copied from test_tls_client.c.
+ */
+static X509 *make_cert(const char *cn, const char *san, const char *from, const char *to,
+                       bool is_ca, EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey)
+{
+	static long serial = 1;
+	X509 *x = X509_new();
+	X509_NAME *name;
+
+	assert_non_null(x);
+	assert_int_equal(X509_set_version(x, X509_VERSION_3), 1);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+	if (from != NULL)
+		assert_int_equal(ASN1_TIME_set_string_X509(X509_getm_notBefore(x), from), 1);
+	else
+		X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	if (to != NULL)
+		assert_int_equal(ASN1_TIME_set_string_X509(X509_getm_notAfter(x), to), 1);
+	else
+		X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+	name = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+	assert_int_equal(
+	    X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer) : name), 1);
+	assert_int_equal(X509_set_pubkey(x, key), 1);
+	if (is_ca) {
+		add_ext(x, issuer != NULL ? issuer : x, NID_basic_constraints, "critical,CA:TRUE");
+		add_ext(x, issuer != NULL ? issuer : x, NID_key_usage,
+		        "critical,keyCertSign,cRLSign");
+	} else {
+		add_ext(x, issuer != NULL ? issuer : x, NID_basic_constraints, "critical,CA:FALSE");
+		add_ext(x, issuer != NULL ? issuer : x, NID_ext_key_usage, "serverAuth");
+	}
+	add_ext(x, issuer != NULL ? issuer : x, NID_subject_key_identifier, "hash");
+	if (san != NULL)
+		add_ext(x, issuer != NULL ? issuer : x, NID_subject_alt_name, san);
+	assert_true(X509_sign(x, issuer != NULL ? ikey : key, EVP_sha256()) > 0);
+	return x;
+}
+
+/*
+ * tlsa - the record "usage selector 1" for x: SHA-256 of the certificate
+ * DER (selector 0) or of its SubjectPublicKeyInfo DER (selector 1). Not
+ * X509_pubkey_digest(), which hashes the key bits without the algorithm.
+ */
+static struct rec tlsa(uint8_t usage, uint8_t selector, X509 *x)
+{
+	struct rec r;
+	unsigned char *der = NULL;
+	unsigned int mdlen = 0;
+	int n;
+
+	memset(&r, 0, sizeof(r));
+	if (selector == 0)
+		n = i2d_X509(x, &der);
+	else
+		n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
+	assert_true(n > 0);
+	assert_int_equal(EVP_Digest(der, (size_t)n, r.buf, &mdlen, EVP_sha256(), NULL), 1);
+	assert_int_equal(mdlen, 32);
+	OPENSSL_free(der);
+	r.t.usage = usage;
+	r.t.selector = selector;
+	r.t.mtype = 1;
+	r.t.len = mdlen;
+	return r;
+}
+
+/* recs - the tls_tlsa array for n recs (data pointing into them) */
+static void recs(struct rec *r, size_t n, struct tls_tlsa *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		out[i] = r[i].t;
+		out[i].data = r[i].buf;
+	}
+}
+
+static int group_setup(void **state)
+{
+	struct config c;
+	char err[512] = "";
+	FILE *fp;
+	int fd;
+
+	(void)state;
+	ca_key = EVP_EC_gen("P-256");
+	other_ca_key = EVP_EC_gen("P-256");
+	leaf_key = EVP_EC_gen("P-256");
+	other_key = EVP_EC_gen("P-256");
+	if (ca_key == NULL || other_ca_key == NULL || leaf_key == NULL || other_key == NULL)
+		return -1;
+	ca = make_cert("strictmx test CA", NULL, NULL, "20991231000000Z", true, ca_key, NULL, NULL);
+	other_ca =
+	    make_cert("somebody else's CA", NULL, NULL, NULL, true, other_ca_key, NULL, NULL);
+	leaf = make_cert(MX, "DNS:" MX, NULL, NULL, false, leaf_key, ca, ca_key);
+	expired = make_cert(MX, "DNS:" MX, "20200101000000Z", "20200131120000Z", false, leaf_key,
+	                    ca, ca_key);
+	wrong = make_cert("other.example.lab", "DNS:other.example.lab", NULL, NULL, false, leaf_key,
+	                  ca, ca_key);
+	other = make_cert(MX, "DNS:" MX, NULL, NULL, false, other_key, ca, ca_key);
+
+	/* the CA is a PKIX trust anchor of the context: DANE must not use it */
+	fd = mkstemp(ca_path);
+	if (fd < 0)
+		return -1;
+	fp = fdopen(fd, "w");
+	if (fp == NULL || !PEM_write_X509(fp, ca))
+		return -1;
+	fclose(fp);
+	memset(&c, 0, sizeof(c));
+	c.ca_file = ca_path;
+	cctx = tls_client_ctx_new(&c, err, sizeof(err));
+	if (cctx == NULL) {
+		fprintf(stderr, "tls_client_ctx_new: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	SSL_CTX_free(cctx);
+	X509_free(ca);
+	X509_free(other_ca);
+	X509_free(leaf);
+	X509_free(expired);
+	X509_free(wrong);
+	X509_free(other);
+	EVP_PKEY_free(ca_key);
+	EVP_PKEY_free(other_ca_key);
+	EVP_PKEY_free(leaf_key);
+	EVP_PKEY_free(other_key);
+	unlink(ca_path);
+	return 0;
+}
+
+/* server_ctx - a plain server with cert/key (and chain certificate, if any) */
+static SSL_CTX *server_ctx(X509 *cert, EVP_PKEY *key, X509 *chain)
+{
+	SSL_CTX *s = SSL_CTX_new(TLS_server_method());
+
+	assert_non_null(s);
+	assert_int_equal(SSL_CTX_use_certificate(s, cert), 1);
+	assert_int_equal(SSL_CTX_use_PrivateKey(s, key), 1);
+	if (chain != NULL)
+		assert_int_equal(SSL_CTX_add1_chain_cert(s, chain), 1);
+	return s;
+}
+
+/* handshake - client c against a server from sctx; 0 when both finish */
+static int handshake(SSL *c, SSL_CTX *sctx, SSL **sout)
+{
+	SSL *s = SSL_new(sctx);
+	BIO *sb = NULL, *cb = NULL;
+	int sdone = 0, cdone = 0;
+
+	assert_non_null(s);
+	assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
+	SSL_set_bio(s, sb, sb);
+	SSL_set_bio(c, cb, cb);
+	SSL_set_accept_state(s);
+	SSL_set_connect_state(c);
+	for (int i = 0; i < 50 && !(sdone && cdone); i++) {
+		int r, e;
+
+		if (!cdone) {
+			r = SSL_do_handshake(c);
+			e = SSL_get_error(c, r);
+			if (r == 1)
+				cdone = 1;
+			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+				break;
+		}
+		if (!sdone) {
+			r = SSL_do_handshake(s);
+			e = SSL_get_error(s, r);
+			if (r == 1)
+				sdone = 1;
+			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+				break;
+		}
+	}
+	ERR_clear_error();
+	if (sout != NULL)
+		*sout = s;
+	else
+		SSL_free(s);
+	return sdone && cdone ? 0 : -1;
+}
+
+/*
+ * dane_against - handshake with a server presenting cert (+chain) for TLSA
+ * base domain base (+extra) and records r, and check the verdict: want_ok
+ * with the matched text, or the failure in want. Returns nothing; asserts.
+ */
+static void dane_against(X509 *cert, EVP_PKEY *key, X509 *chain, const char *base,
+                         const char *const *extra, size_t n_extra, struct rec *r, size_t n,
+                         const char *want_matched, const char *want_why)
+{
+	SSL_CTX *sctx = server_ctx(cert, key, chain);
+	struct tls_tlsa t[8];
+	char why[512] = "unset", matched[128] = "unset", why2[512] = "unset";
+	size_t usable = 99;
+	SSL *c;
+	int rc;
+
+	assert_true(n <= 8);
+	recs(r, n, t);
+	c = tls_client_new_dane(cctx, base, extra, n_extra, t, n, &usable, why, sizeof(why));
+	if (c == NULL)
+		fail_msg("tls_client_new_dane(%s): %s", base, why);
+	assert_true(usable >= 1);
+	/* SSL_VERIFY_NONE + the callback: the handshake completes either way */
+	assert_int_equal(handshake(c, sctx, NULL), 0);
+	rc = tls_client_verify_dane(c, why, sizeof(why), matched, sizeof(matched));
+	if (want_why == NULL) {
+		if (rc != 0)
+			fail_msg("%s: expected DANE-verified, got \"%s\"", base, why);
+		assert_string_equal(matched, want_matched);
+		assert_int_equal(SSL_get_verify_result(c), X509_V_OK);
+	} else {
+		assert_int_equal(rc, -1);
+		assert_string_equal(why, want_why);
+		assert_string_equal(matched, "");
+	}
+	/* tls_client_verify gives the same verdict on a DANE connection */
+	assert_int_equal(tls_client_verify(c, why2, sizeof(why2)), rc);
+	if (want_why != NULL)
+		assert_string_equal(why2, want_why);
+	SSL_free(c);
+	SSL_CTX_free(sctx);
+}
+
+static void test_tls_dane_ee_spki(void **state)
+{
+	struct rec r = tlsa(3, 1, leaf);
+	struct rec both[2] = {tlsa(3, 1, other), tlsa(3, 1, leaf)};
+
+	(void)state;
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &r, 1,
+	             "3 1 1 matched the server certificate", NULL);
+	/* any record of the RRset may match (key rollover, security-anchors §3.6) */
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, both, 2,
+	             "3 1 1 matched the server certificate", NULL);
+	/* with the CA chain sent too, the leaf still matches at depth 0 */
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &r, 1, "3 1 1 matched the server certificate",
+	             NULL);
+}
+
+static void test_tls_dane_ee_ignores_dates_and_names(void **state)
+{
+	struct rec r = tlsa(3, 1, expired);
+	struct rec rw = tlsa(3, 1, wrong);
+	X509 *self = make_cert("nobody", NULL, NULL, NULL, false, leaf_key, NULL, NULL);
+	struct rec rs = tlsa(3, 0, self);
+
+	(void)state;
+	/* RFC 7672 §3.1.1: no expiry checks for DANE-EE(3) */
+	dane_against(expired, leaf_key, NULL, MX, NULL, 0, &r, 1,
+	             "3 1 1 matched the server certificate", NULL);
+	/* ... and no name checks */
+	dane_against(wrong, leaf_key, NULL, MX, NULL, 0, &rw, 1,
+	             "3 1 1 matched the server certificate", NULL);
+	/* ... and no issuer: a self-signed leaf without names is fine */
+	dane_against(self, leaf_key, NULL, MX, NULL, 0, &rs, 1,
+	             "3 0 1 matched the server certificate", NULL);
+	X509_free(self);
+}
+
+static void test_tls_dane_ee_mismatch(void **state)
+{
+	struct rec r = tlsa(3, 1, other);
+
+	(void)state;
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &r, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	/* a trailing dot in the base domain is not part of the name */
+	dane_against(leaf, leaf_key, ca, MX ".", NULL, 0, &r, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+}
+
+static void test_tls_dane_ee_full_cert(void **state)
+{
+	struct rec r = tlsa(3, 0, leaf);
+	struct rec rx = tlsa(3, 0, other); /* same name, other certificate */
+
+	(void)state;
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &r, 1,
+	             "3 0 1 matched the server certificate", NULL);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &rx, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+}
+
+static void test_tls_dane_ta(void **state)
+{
+	struct rec r201 = tlsa(2, 0, ca);
+	struct rec r211 = tlsa(2, 1, ca);
+	static const char *const pre_cname[] = {"other.example.lab"};
+
+	(void)state;
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &r201, 1,
+	             "2 0 1 matched the trust anchor at depth 1", NULL);
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &r211, 1,
+	             "2 1 1 matched the trust anchor at depth 1", NULL);
+	/* an extra name (MX name before CNAME expansion) may be the one that matches */
+	dane_against(wrong, leaf_key, ca, MX, pre_cname, 1, &r201, 1,
+	             "2 0 1 matched the trust anchor at depth 1", NULL);
+}
+
+static void test_tls_dane_ta_name_and_dates(void **state)
+{
+	struct rec r = tlsa(2, 0, ca);
+	static const char *const extra[] = {"mx2.example.lab"};
+
+	(void)state;
+	/* DANE-TA: names are checked (RFC 7672 §3.1.2) */
+	dane_against(wrong, leaf_key, ca, MX, NULL, 0, &r, 1, NULL,
+	             "certificate name does not match " MX);
+	dane_against(wrong, leaf_key, ca, MX, extra, 1, &r, 1, NULL,
+	             "certificate name does not match " MX " or mx2.example.lab");
+	/* ... and so are dates, below a trust anchor */
+	dane_against(expired, leaf_key, ca, MX, NULL, 0, &r, 1, NULL,
+	             "certificate has expired (notAfter 2020-01-31)");
+}
+
+static void test_tls_dane_ta_not_sent(void **state)
+{
+	struct rec r = tlsa(2, 0, ca);
+
+	(void)state;
+	/* a digest TA record needs the TA in the chain (security-anchors §3.6) */
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &r, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+}
+
+static void test_tls_dane_no_pkix_fallback(void **state)
+{
+	/* the chain verifies to the context's trust store, but no TLSA matches */
+	struct rec ee = tlsa(3, 1, other);
+	struct rec ta = tlsa(2, 0, other_ca);
+	struct rec both[2] = {tlsa(3, 1, other), tlsa(2, 1, other_ca)};
+
+	(void)state;
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &ee, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &ta, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, both, 2, NULL,
+	             "TLSA records do not match the certificate of " MX);
+}
+
+static void test_tls_dane_unusable_records(void **state)
+{
+	/* PKIX-TA and PKIX-EE for the very chain the server sends */
+	struct rec pkix[2] = {tlsa(0, 0, ca), tlsa(1, 1, leaf)};
+	struct rec mix[2] = {tlsa(0, 0, ca), tlsa(3, 1, other)};
+	struct rec bad[2] = {tlsa(3, 1, leaf), tlsa(2, 0, ca)};
+	struct tls_tlsa t[2];
+	char why[256] = "unset";
+	size_t usable = 99;
+	SSL *c;
+
+	(void)state;
+	/*
+	 * a mix of 0 and 3: only the 3 is loaded, and it decides. Were the
+	 * 0 0 1 loaded, the trust store would be consulted and this would pass.
+	 */
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, mix, 2, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	usable = 99;
+	recs(mix, 2, t);
+	c = tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(usable, 1);
+	SSL_free(c);
+
+	/* RFC 7672 §3.1.3: usages 0/1 are unusable, so no DANE at all */
+	recs(pkix, 2, t);
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why)));
+	assert_int_equal(usable, 0);
+	assert_string_equal(why, "none of the 2 TLSA records for " MX " is usable");
+
+	/* a 31-byte SHA-256 digest, unknown selector, mtype, usage: unusable */
+	bad[0].t.len = 31;
+	bad[1].t.selector = 2;
+	recs(bad, 2, t);
+	usable = 99;
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why)));
+	assert_int_equal(usable, 0);
+	bad[1] = tlsa(2, 0, ca);
+	bad[1].t.mtype = 3;
+	recs(bad, 2, t);
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why)));
+	bad[1] = tlsa(4, 0, ca);
+	recs(bad, 2, t);
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why)));
+	t[1].data = NULL;
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why)));
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, t, 0, &usable, why, sizeof(why)));
+	assert_string_equal(why, "none of the 0 TLSA records for " MX " is usable");
+
+	/* a malformed record beside a good one: one usable, and it matches */
+	bad[0].t.len = 31;
+	bad[1] = tlsa(3, 1, leaf);
+	recs(bad, 2, t);
+	usable = 99;
+	c = tls_client_new_dane(cctx, MX, NULL, 0, t, 2, &usable, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(usable, 1);
+	SSL_free(c);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, bad, 2,
+	             "3 1 1 matched the server certificate", NULL);
+}
+
+static void test_tls_dane_sni(void **state)
+{
+	struct rec r = tlsa(3, 1, leaf);
+	static const char *const extra[] = {"mx-alias.example.lab."};
+	SSL_CTX *sctx = server_ctx(leaf, leaf_key, NULL);
+	struct tls_tlsa t;
+	char why[256], matched[128];
+	SSL *c, *s = NULL;
+
+	(void)state;
+	recs(&r, 1, &t);
+	/* SNI = the TLSA base domain (RFC 7672 §8.1), not an extra name */
+	c = tls_client_new_dane(cctx, MX ".", extra, 1, &t, 1, NULL, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(handshake(c, sctx, &s), 0);
+	assert_string_equal(SSL_get_servername(s, TLSEXT_NAMETYPE_host_name), MX);
+	assert_int_equal(tls_client_verify_dane(c, why, sizeof(why), matched, sizeof(matched)), 0);
+	assert_string_equal(matched, "3 1 1 matched the server certificate");
+	SSL_free(s);
+	SSL_free(c);
+	SSL_CTX_free(sctx);
+}
+
+static void test_tls_dane_misuse(void **state)
+{
+	struct rec r = tlsa(3, 1, leaf);
+	static const char *const bad_extra[] = {"*.example.lab"};
+	SSL_CTX *sctx = server_ctx(leaf, leaf_key, NULL);
+	struct tls_tlsa t;
+	char why[256], matched[128];
+	size_t usable = 99;
+	SSL *c;
+
+	(void)state;
+	recs(&r, 1, &t);
+	/* before a handshake there is nothing to verify */
+	c = tls_client_new_dane(cctx, MX, NULL, 0, &t, 1, &usable, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(tls_client_verify_dane(c, why, sizeof(why), matched, sizeof(matched)), -1);
+	assert_string_equal(why, "TLS handshake is not complete");
+	SSL_free(c);
+
+	/* a PKIX connection is not a DANE one, even when it verifies */
+	c = tls_client_new_pkix(cctx, MX, NULL, 0);
+	assert_non_null(c);
+	assert_int_equal(handshake(c, sctx, NULL), 0);
+	assert_int_equal(tls_client_verify(c, why, sizeof(why)), 0);
+	assert_int_equal(tls_client_verify_dane(c, why, sizeof(why), matched, sizeof(matched)), -1);
+	assert_string_equal(why, "connection was not set up for DANE");
+	SSL_free(c);
+	assert_int_equal(tls_client_verify_dane(NULL, why, sizeof(why), matched, sizeof(matched)),
+	                 -1);
+
+	/* names that are not host names are refused */
+	assert_null(tls_client_new_dane(cctx, "", NULL, 0, &t, 1, &usable, why, sizeof(why)));
+	assert_string_equal(why, "TLSA base domain is not a host name");
+	assert_null(tls_client_new_dane(cctx, NULL, NULL, 0, &t, 1, &usable, why, sizeof(why)));
+	assert_null(
+	    tls_client_new_dane(cctx, "mx\r\n.example", NULL, 0, &t, 1, &usable, why, sizeof(why)));
+	assert_null(tls_client_new_dane(cctx, MX, bad_extra, 1, &t, 1, &usable, why, sizeof(why)));
+	assert_string_equal(why, "reference name 1 is not a host name");
+	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, NULL, 1, &usable, why, sizeof(why)));
+	SSL_CTX_free(sctx);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_tls_dane_ee_spki),
+	    cmocka_unit_test(test_tls_dane_ee_ignores_dates_and_names),
+	    cmocka_unit_test(test_tls_dane_ee_mismatch),
+	    cmocka_unit_test(test_tls_dane_ee_full_cert),
+	    cmocka_unit_test(test_tls_dane_ta),
+	    cmocka_unit_test(test_tls_dane_ta_name_and_dates),
+	    cmocka_unit_test(test_tls_dane_ta_not_sent),
+	    cmocka_unit_test(test_tls_dane_no_pkix_fallback),
+	    cmocka_unit_test(test_tls_dane_unusable_records),
+	    cmocka_unit_test(test_tls_dane_sni),
+	    cmocka_unit_test(test_tls_dane_misuse),
+	};
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -96,8 +96,8 @@ int policy_cache_get(struct policy_cache *c, const char *domain, struct policy_c
 	return rc;
 }
 
-int policy_cache_put(struct policy_cache *c, const char *domain, const char *id,
-                     const char *policy, size_t len, long long fetched, long max_age)
+int policy_cache_put(struct policy_cache *c, const char *domain, const char *id, const char *policy,
+                     size_t len, long long fetched, long max_age)
 {
 	sqlite3_stmt *st = NULL;
 	int rc;

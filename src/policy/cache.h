@@ -24,7 +24,7 @@ void policy_cache_close(struct policy_cache **c);
 /* 1 and *e filled, 0 when there is no entry, -1 on a database error */
 int policy_cache_get(struct policy_cache *c, const char *domain, struct policy_cache_entry *e);
 /* 0, or -1 on a database error (logged) */
-int policy_cache_put(struct policy_cache *c, const char *domain, const char *id,
-                     const char *policy, size_t len, long long fetched, long max_age);
+int policy_cache_put(struct policy_cache *c, const char *domain, const char *id, const char *policy,
+                     size_t len, long long fetched, long max_age);
 
 #endif

@@ -143,7 +143,8 @@ static void check_done(struct policy_fetcher *f)
 static void sock_event_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct policy_fetcher *f = arg;
-	int action = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+	int action =
+	    (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
 	int running = 0;
 
 	curl_multi_socket_action(f->multi, fd, action, &running);

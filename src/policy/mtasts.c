@@ -69,7 +69,8 @@ static bool ext_name_ok(const char *s, size_t n)
 static bool txt_is_sts(const char *t, size_t n)
 {
 	return n >= STS_VERSION_LEN && memcmp(t, STS_VERSION, STS_VERSION_LEN) == 0 &&
-	       (n == STS_VERSION_LEN || t[STS_VERSION_LEN] == ';' || is_wsp((unsigned char)t[STS_VERSION_LEN]));
+	       (n == STS_VERSION_LEN || t[STS_VERSION_LEN] == ';' ||
+	        is_wsp((unsigned char)t[STS_VERSION_LEN]));
 }
 
 /*
@@ -247,8 +248,7 @@ int mtasts_parse_policy(const char *body, size_t len, struct mtasts_policy *out,
 			unsigned char c = (unsigned char)l[k];
 
 			if ((c < 0x20 && c != '\t') || c == 0x7f)
-				return policy_fail(out, err, errlen, lineno,
-				                   "control character");
+				return policy_fail(out, err, errlen, lineno, "control character");
 		}
 		while (n > 0 && is_wsp((unsigned char)l[n - 1]))
 			n--;
@@ -319,7 +319,8 @@ int mtasts_parse_policy(const char *body, size_t len, struct mtasts_policy *out,
 				return policy_fail(out, err, errlen, lineno,
 				                   "mx is not a host name or *.domain pattern");
 			if (out->n_mx >= MTASTS_MAX_PATTERNS)
-				return policy_fail(out, err, errlen, lineno, "too many mx patterns");
+				return policy_fail(out, err, errlen, lineno,
+				                   "too many mx patterns");
 			char *pat = xstrndup(v, vn);
 			for (char *c = pat; *c != '\0'; c++)
 				*c = (char)lower((unsigned char)*c);

@@ -34,8 +34,8 @@ enum policy_method {
 	POLICY_MTASTS_PKIX,  /* MTA-STS enforce policy covers this MX: PKIX against the MX name */
 	POLICY_PKIX,         /* PKIX against the MX name */
 	POLICY_ENCRYPT_ONLY, /* [domain] tls = encrypt-only */
-	POLICY_DEFER,        /* this MX cannot be used now: TLSA lookup bogus/failed (never downgrade) */
-	POLICY_SKIP,         /* MTA-STS enforce and no mx: pattern matches; or dane-only without DANE */
+	POLICY_DEFER, /* this MX cannot be used now: TLSA lookup bogus/failed (never downgrade) */
+	POLICY_SKIP,  /* MTA-STS enforce and no mx: pattern matches; or dane-only without DANE */
 };
 
 struct policy_tlsa {

@@ -133,5 +133,26 @@ class ExpiryDsn(unittest.TestCase):
         self.assertTrue(smxtest.poll(lambda: "event=removed id=%s" % qid in d.log_text(), 10))
 
 
+class DelayWarning(unittest.TestCase):
+    def test_delayed_dsn_once_while_still_queued(self):
+        dead = smxtest.free_port()
+        d = daemon("relay_networks = 127.0.0.0/8\n"
+                   "\n[queue]\nretry_min = 1\nretry_max = 1\ndelay_warning_time = 1\n"
+                   '\n[domain "slow.lab"]\nroute = 127.0.0.1:%d\n' % dead)
+        self.addCleanup(d.stop)
+        r = swaks(d.port, "dave@slow.lab", frm="alice@example.org", subject="slow one")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        files = d.wait_mail("example.org", "alice", 1, timeout=30)
+        self.assertTrue(files, d.log_text())
+        dsn = email.message_from_binary_file(open(files[0], "rb"), policy=email.policy.default)
+        self.assertIn("Delayed Mail", dsn["Subject"])
+        human, status, _ = list(dsn.iter_parts())
+        self.assertIn("Action: delayed", status.as_string())
+        self.assertIn("do not need to send it again", human.get_content())
+        # still queued, and warned only once
+        self.assertTrue(smxtest.poll(lambda: d.log_text().count("result=deferred") >= 3, 20))
+        self.assertEqual(d.log_text().count("action=delayed"), 1)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -48,9 +48,10 @@ def swaks(port, to, frm="x@a.lab", subject="relay test"):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
 
-def receiver(pki):
+def receiver(pki, domains="b.lab"):
     d = smxtest.Daemon(start=False)
-    text = open(d.conf).read().replace("local_domains = example.org", "local_domains = b.lab")
+    text = open(d.conf).read().replace("local_domains = example.org",
+                                       "local_domains = " + domains)
     text += "tls_cert = %s\ntls_key = %s\n" % (pki.cert, pki.key)
     with open(d.conf, "w") as f:
         f.write(text)
@@ -128,6 +129,24 @@ class Relay(unittest.TestCase):
         self.assertIn("could not be verified", human.get_content())
         self.assertIn("Action: failed", status.as_string())
         self.assertIn("Status: 5.7.5", status.as_string())
+
+
+    def test_encrypt_only_override_delivers_and_warns(self):
+        b = receiver(self.pki, "b.lab, loose.lab")
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port,
+                   '\n[domain "loose.lab"]\nroute = 127.0.0.1:%d\ntls = encrypt-only\n' % b.port)
+        self.addCleanup(a.stop)
+        r = swaks(a.port, "bob@loose.lab")
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        # the certificate (mx.b.lab) does not match loose.lab: delivered anyway over TLS,
+        # and the log says so loudly on this delivery
+        self.assertTrue(smxtest.poll(lambda: "event=tls_unverified" in a.log_text(), 20),
+                        a.log_text())
+        self.assertRegex(a.log_text(), r"event=tls_unverified id=\S+ mx=loose.lab .*"
+                                       r"WITHOUT a verified certificate")
+        self.assertRegex(a.log_text(), r"verified=encrypt-only result=delivered")
+        self.assertTrue(b.wait_mail("loose.lab", "bob", 1, timeout=10))
 
 
 if __name__ == "__main__":

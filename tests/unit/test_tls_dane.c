@@ -501,7 +501,7 @@ static void test_tls_dane_misuse(void **state)
 {
 	struct rec r = tlsa(3, 1, leaf);
 	static const char *const bad_extra[] = {"*.example.lab"};
-	SSL_CTX *sctx = server_ctx(leaf, leaf_key, NULL);
+	SSL_CTX *sctx = server_ctx(leaf, leaf_key, NULL), *plain;
 	struct tls_tlsa t;
 	char why[256], matched[128];
 	size_t usable = 99;
@@ -536,6 +536,13 @@ static void test_tls_dane_misuse(void **state)
 	assert_null(tls_client_new_dane(cctx, MX, bad_extra, 1, &t, 1, &usable, why, sizeof(why)));
 	assert_string_equal(why, "reference name 1 is not a host name");
 	assert_null(tls_client_new_dane(cctx, MX, NULL, 0, NULL, 1, &usable, why, sizeof(why)));
+
+	/* a context without SSL_CTX_dane_enable cannot do DANE */
+	plain = SSL_CTX_new(TLS_client_method());
+	assert_non_null(plain);
+	assert_null(tls_client_new_dane(plain, MX, NULL, 0, &t, 1, &usable, why, sizeof(why)));
+	assert_non_null(strstr(why, "SSL_dane_enable: "));
+	SSL_CTX_free(plain);
 	SSL_CTX_free(sctx);
 }
 

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,12 +171,19 @@ void policy_free(struct policy_ctx **pp)
 
 /* ---- the decision, once every lookup has answered ---- */
 
-static void why_append(struct policy_mx *m, const char *fmt, const char *arg)
+static void why_append(struct policy_mx *m, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void why_append(struct policy_mx *m, const char *fmt, ...)
 {
 	size_t n = strlen(m->why);
+	va_list ap;
 
-	if (n + 1 < sizeof(m->why))
-		snprintf(m->why + n, sizeof(m->why) - n, fmt, arg);
+	if (n + 1 >= sizeof(m->why))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(m->why + n, sizeof(m->why) - n, fmt, ap);
+	va_end(ap);
 }
 
 /*

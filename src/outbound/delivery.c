@@ -38,6 +38,27 @@
 #define OUT_LOW  (64 * 1024) /* body is pumped while less than this waits */
 #define IN_CHUNK 65536
 
+#define POOL_IDLE_SECS 5 /* an idle verified connection waits this long for more mail */
+
+/*
+ * A connection kept open after a completed transaction, for the next message
+ * to the same host and address with the same verification requirement: the
+ * certificate was verified for that host, so a reused connection needs no
+ * new proof (and resumption never carries a verification result across).
+ */
+struct pooled {
+	struct pooled *next;
+	struct outbound_ctx *ctx;
+	struct bufferevent *bev;
+	struct outbound_session *sess;
+	char host[256], ip[INET6_ADDRSTRLEN], key[32];
+	uint16_t port;
+	char tls_desc[128];
+	const char *verified;
+	struct event *timer;
+	bool closing;
+};
+
 struct outbound_ctx {
 	struct event_base *base;
 	const struct config *cfg;
@@ -45,6 +66,7 @@ struct outbound_ctx {
 	SSL_CTX *tls;
 	struct outbound_delivery *all;
 	uint64_t next_id;
+	struct pooled *pool;
 };
 
 enum fail_kind { FK_NONE, FK_DNS, FK_CONNECT, FK_STARTTLS, FK_CERT, FK_TLS, FK_PROTOCOL };
@@ -219,6 +241,105 @@ static void conn_close(struct outbound_delivery *d)
 	d->verified = NULL;
 }
 
+static void pool_free(struct pooled *p)
+{
+	struct outbound_ctx *ctx = p->ctx;
+	for (struct pooled **pp = &ctx->pool; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	if (p->bev)
+		bufferevent_free(p->bev);
+	outbound_session_free(&p->sess);
+	event_free(p->timer);
+	free(p);
+}
+
+static void pool_read_cb(struct bufferevent *bev, void *arg)
+{
+	/* the server spoke while idle (a 421, say): drop the connection */
+	pool_free(arg);
+}
+
+static void pool_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct pooled *p = arg;
+	if (p->closing)
+		pool_free(p); /* the QUIT has left */
+}
+
+static void pool_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	pool_free(arg);
+}
+
+static void pool_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pooled *p = arg;
+	size_t len;
+	if (p->closing) {
+		pool_free(p);
+		return;
+	}
+	outbound_session_quit(p->sess);
+	const char *out = outbound_session_output(p->sess, &len);
+	p->closing = true;
+	if (len == 0) {
+		pool_free(p);
+		return;
+	}
+	bufferevent_write(p->bev, out, len);
+	struct timeval tv = {.tv_sec = 5};
+	evtimer_add(p->timer, &tv); /* bound the wait for the QUIT to leave */
+}
+
+static const char *conn_key(const struct outbound_delivery *d)
+{
+	return d->dom && d->dom->tls == CONFIG_TLS_ENCRYPT_ONLY ? "encrypt-only" : "pkix";
+}
+
+/* pool_put - keep d's idle, verified connection for the next message */
+static void pool_put(struct outbound_delivery *d)
+{
+	struct pooled *p = xcalloc(1, sizeof(*p));
+	p->ctx = d->ctx;
+	p->bev = d->bev;
+	p->sess = d->sess;
+	snprintf(p->host, sizeof(p->host), "%s", d->host);
+	snprintf(p->ip, sizeof(p->ip), "%s", d->ip);
+	snprintf(p->key, sizeof(p->key), "%s", conn_key(d));
+	snprintf(p->tls_desc, sizeof(p->tls_desc), "%s", d->tls_desc);
+	p->verified = d->verified;
+	p->port = d->port;
+	d->bev = NULL;
+	d->sess = NULL;
+	d->fd = -1;
+	d->fd_owned_by_bev = false;
+	bufferevent_setcb(p->bev, pool_read_cb, pool_write_cb, pool_event_cb, p);
+	bufferevent_set_timeouts(p->bev, NULL, NULL);
+	p->timer = evtimer_new(d->ctx->base, pool_timer_cb, p);
+	struct timeval tv = {.tv_sec = POOL_IDLE_SECS};
+	evtimer_add(p->timer, &tv);
+	p->next = d->ctx->pool;
+	d->ctx->pool = p;
+	log_debug("event=conn_pooled mx=%s ip=%s", p->host, p->ip);
+}
+
+/* pool_take - an idle connection to this host and address, or NULL */
+static struct pooled *pool_take(struct outbound_delivery *d)
+{
+	for (struct pooled **pp = &d->ctx->pool; *pp; pp = &(*pp)->next) {
+		struct pooled *p = *pp;
+		if (p->closing || strcmp(p->host, d->host) || strcmp(p->ip, d->ip) ||
+		    p->port != d->port || strcmp(p->key, conn_key(d)))
+			continue;
+		*pp = p->next;
+		return p;
+	}
+	return NULL;
+}
+
 /* host_done - the session with this host is over: take its verdicts */
 static void host_done(struct outbound_delivery *d)
 {
@@ -263,6 +384,9 @@ static void host_done(struct outbound_delivery *d)
 		         r->reply.enhanced[0] ? r->reply.enhanced : "-");
 	}
 	(void)n_sess;
+	if (!host_err && d->sess && outbound_session_idle(d->sess) && d->bev) {
+		pool_put(d);
+	}
 	if (host_err && reason) {
 		enum fail_kind kind = FK_PROTOCOL;
 		if (strstr(reason, "STARTTLS"))
@@ -559,6 +683,30 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 	    .require_tls = true,
 	    .id = ++d->ctx->next_id,
 	};
+	struct pooled *pc = pool_take(d);
+	if (pc != NULL) {
+		/* an idle connection to this very host and address, verified the
+		 * same way: the next message goes over it (RSET, MAIL, ...) */
+		d->bev = pc->bev;
+		d->sess = pc->sess;
+		d->fd = bufferevent_getfd(d->bev);
+		d->fd_owned_by_bev = true;
+		snprintf(d->tls_desc, sizeof(d->tls_desc), "%s", pc->tls_desc);
+		d->verified = pc->verified;
+		pc->bev = NULL;
+		pc->sess = NULL;
+		pool_free(pc);
+		outbound_session_next(d->sess, d->sender, rc, n, d->size, p.id);
+		free(rc);
+		log_info("event=conn_reused id=%s mx=%s ip=%s verified=%s", d->msg_id, d->host,
+		         d->ip, d->verified ? d->verified : "none");
+		bufferevent_setcb(d->bev, read_cb, write_cb, event_cb, d);
+		set_timeouts(d);
+		bufferevent_enable(d->bev, EV_READ | EV_WRITE);
+		conn_process(d);
+		return;
+	}
+	p.keep_open = true;
 	d->sess = outbound_session_new(&p);
 	free(rc);
 
@@ -771,6 +919,8 @@ void outbound_ctx_free(struct outbound_ctx **cp)
 		return;
 	while (ctx->all)
 		delivery_free(ctx->all);
+	while (ctx->pool)
+		pool_free(ctx->pool);
 	SSL_CTX_free(ctx->tls);
 	free(ctx);
 	*cp = NULL;

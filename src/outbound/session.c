@@ -52,19 +52,22 @@ enum state {
 	ST_DATA,     /* DATA sent */
 	ST_BODY,     /* action SEND_BODY pending */
 	ST_DOT,      /* end of data sent */
+	ST_IDLE,     /* transaction over, TLS up, kept open for the next message */
+	ST_RSET,     /* RSET sent before the next message on a reused connection */
 	ST_FINISHED, /* DONE or CLOSE raised: nothing more is read */
 };
 
 static const char *const state_names[] = {
-    "greeting", "ehlo", "helo", "starttls", "tls_wait", "ehlo_tls",
-    "mail",     "rcpt", "data", "body",     "dot",      "finished",
+    "greeting", "ehlo", "helo", "starttls", "tls_wait", "ehlo_tls", "mail",
+    "rcpt",     "data", "body", "dot",      "idle",     "rset",     "finished",
 };
 
 /* what was being waited for, for "timeout waiting for ..." */
 static const char *const waiting_for[] = {
     "the greeting",      "the EHLO reply",   "the HELO reply",        "the STARTTLS reply",
     "the TLS handshake", "the EHLO reply",   "the MAIL FROM reply",   "a RCPT TO reply",
-    "the DATA reply",    "the message body", "the end-of-data reply", "nothing",
+    "the DATA reply",    "the message body", "the end-of-data reply", "nothing (idle)",
+    "the RSET reply",    "nothing",
 };
 
 struct caps {
@@ -264,6 +267,68 @@ struct outbound_session *outbound_session_new(const struct outbound_params *p)
 	return s;
 }
 
+/* free_envelope - the copies of sender and recipients of one transaction */
+static void free_envelope(struct outbound_session *s)
+{
+	for (size_t i = 0; i < s->p.n_rcpts; i++)
+		free(s->rcpts[i]);
+	free(s->rcpts);
+	free(s->res);
+	free(s->sent);
+	free(s->sender);
+	s->rcpts = NULL;
+	s->res = NULL;
+	s->sent = NULL;
+	s->sender = NULL;
+}
+
+bool outbound_session_idle(const struct outbound_session *s)
+{
+	return s->state == ST_IDLE;
+}
+
+int outbound_session_next(struct outbound_session *s, const char *sender, const char *const *rcpts,
+                          size_t n_rcpts, uint64_t size, uint64_t id)
+{
+	if (s->state != ST_IDLE)
+		return -1;
+	free_envelope(s);
+	s->p.n_rcpts = n_rcpts;
+	s->p.size = size;
+	s->p.id = id;
+	s->sender = xstrdup(sender != NULL ? sender : "");
+	s->sender_ok = addr_ok(s->sender, true);
+	s->rcpts = xcalloc(n_rcpts + 1, sizeof(*s->rcpts));
+	s->res = xcalloc(n_rcpts + 1, sizeof(*s->res));
+	s->sent = xcalloc(n_rcpts + 1, sizeof(*s->sent));
+	for (size_t i = 0; i < n_rcpts; i++) {
+		s->rcpts[i] = xstrdup(rcpts[i] != NULL ? rcpts[i] : "");
+		if (!addr_ok(s->rcpts[i], false)) {
+			s->res[i].state = OUTBOUND_RCPT_FAILED;
+			smtp_reply_set(&s->res[i].reply, 553, "5.1.3",
+			               "invalid recipient address (not sent)");
+		} else if (!s->sender_ok) {
+			s->res[i].state = OUTBOUND_RCPT_FAILED;
+			smtp_reply_set(&s->res[i].reply, 553, "5.1.7",
+			               "invalid sender address (not sent)");
+		}
+	}
+	s->p.sender = s->sender;
+	s->p.rcpts = (const char *const *)s->rcpts;
+	s->n_sent = s->n_read = s->n_accepted = 0;
+	s->action = OUTBOUND_NONE;
+	/* RFC 5321 §4.1.1.5: a clean slate before the next transaction */
+	out_cmd(s, "RSET\r\n");
+	enter_state(s, ST_RSET);
+	return 0;
+}
+
+void outbound_session_quit(struct outbound_session *s)
+{
+	if (s->state == ST_IDLE)
+		finish(s, OUTBOUND_CLOSE, true);
+}
+
 void outbound_session_free(struct outbound_session **sp)
 {
 	struct outbound_session *s = *sp;
@@ -344,9 +409,18 @@ static void send_ehlo(struct outbound_session *s, enum state st)
 	enter_state(s, st);
 }
 
-/* quit_done - the transaction is over (or had nothing to do): QUIT, DONE */
+/*
+ * quit_done - the transaction is over (or had nothing to do): QUIT, DONE;
+ * or, with keep_open and TLS up, DONE without QUIT: the connection may carry
+ * the next message to this host (outbound_session_next()).
+ */
 static void quit_done(struct outbound_session *s)
 {
+	if (s->p.keep_open && s->tls && !s->host_failed) {
+		enter_state(s, ST_IDLE);
+		s->action = OUTBOUND_DONE;
+		return;
+	}
 	finish(s, OUTBOUND_DONE, true);
 }
 
@@ -653,6 +727,15 @@ static void on_reply(struct outbound_session *s, size_t rest)
 		break;
 	case ST_DOT:
 		on_dot(s, &r, rs);
+		break;
+	case ST_RSET:
+		if (r.code == 250)
+			start_transaction(s);
+		else
+			host_fail(s, true, true, "RSET refused on a reused connection: %s", rs);
+		break;
+	case ST_IDLE:
+		host_fail(s, true, true, "protocol error: reply while idle: %s", rs);
 		break;
 	case ST_TLS_WAIT:
 	case ST_BODY:

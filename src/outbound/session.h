@@ -42,6 +42,7 @@ struct outbound_params {
 	uint64_t size;    /* message size for SIZE= (RFC 1870); 0 = do not send */
 	bool body_8bit;   /* BODY=8BITMIME when the server offers 8BITMIME */
 	bool require_tls; /* always true in strictmx; false only in tests */
+	bool keep_open;   /* after the transaction, stay connected (no QUIT): reuse */
 	uint64_t id;      /* for logs */
 };
 
@@ -70,6 +71,18 @@ struct outbound_session;
 /* outbound_session_new - copies everything it needs from p */
 struct outbound_session *outbound_session_new(const struct outbound_params *p);
 void outbound_session_free(struct outbound_session **s);
+
+/*
+ * Connection reuse (keep_open): after a completed transaction over TLS the
+ * session raises DONE without QUIT and is idle. outbound_session_next()
+ * starts the next message on the same connection (RSET, then MAIL ...): the
+ * results then describe the new recipients. outbound_session_quit() ends an
+ * idle session (QUIT, then CLOSE).
+ */
+bool outbound_session_idle(const struct outbound_session *s);
+int outbound_session_next(struct outbound_session *s, const char *sender, const char *const *rcpts,
+                          size_t n_rcpts, uint64_t size, uint64_t id);
+void outbound_session_quit(struct outbound_session *s);
 
 /*
  * outbound_session_input - consume server bytes. Returns how many were

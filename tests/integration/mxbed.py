@@ -503,3 +503,205 @@ class PostfixMX:
         """smtpd TLS lines: 'Anonymous TLS connection established from ...: TLSv1.3 ...'"""
         return re.findall(r"postfix/smtpd\[\d+\]: (?:\w+ )?TLS connection established from "
                           r"[^:]+: (.*)$", self.log(), re.M)
+
+
+# --------------------------------------------------------------------------------------
+# DANE: TLSA record data computed from certificates (openssl CLI)
+# --------------------------------------------------------------------------------------
+
+def cert_der(cert_path):
+    """The certificate (first one in a PEM file) in DER form."""
+    r = subprocess.run([OPENSSL, "x509", "-in", cert_path, "-outform", "DER"],
+                       capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("openssl x509 failed: %s" % r.stderr.decode("utf-8", "replace"))
+    return r.stdout
+
+
+def spki_der(cert_path):
+    """The SubjectPublicKeyInfo of the certificate, DER."""
+    pub = subprocess.run([OPENSSL, "x509", "-in", cert_path, "-noout", "-pubkey"],
+                         capture_output=True, timeout=30)
+    if pub.returncode != 0:
+        raise RuntimeError("openssl x509 -pubkey failed: %s"
+                           % pub.stderr.decode("utf-8", "replace"))
+    r = subprocess.run([OPENSSL, "pkey", "-pubin", "-outform", "DER"], input=pub.stdout,
+                       capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("openssl pkey failed: %s" % r.stderr.decode("utf-8", "replace"))
+    return r.stdout
+
+
+def tlsa_data(cert_path, selector=1, mtype=1):
+    """TLSA certificate association data (hex) for cert_path (RFC 6698 §2.1):
+    selector 0 = full certificate, 1 = SubjectPublicKeyInfo; mtype 0 = exact,
+    1 = SHA-256, 2 = SHA-512."""
+    import hashlib
+    blob = cert_der(cert_path) if selector == 0 else spki_der(cert_path)
+    if mtype == 0:
+        return blob.hex()
+    return (hashlib.sha256 if mtype == 1 else hashlib.sha512)(blob).hexdigest()
+
+
+def tlsa_rdata(cert_path, usage, selector=1, mtype=1):
+    """'U S M HEX', the rdata of a TLSA zone-file line, e.g. '3 1 1 ab12...'."""
+    return "%d %d %d %s" % (usage, selector, mtype, tlsa_data(cert_path, selector, mtype))
+
+
+def tlsa_digest_openssl(cert_path, selector=1, mtype=1):
+    """The same digest as tlsa_data() computed by an openssl pipeline only (the
+    self-check cross-reference: `openssl x509 -pubkey | openssl pkey -pubin -outform DER
+    | openssl dgst -sha256`)."""
+    if selector == 0:
+        script = '"%s" x509 -in "%s" -outform DER' % (OPENSSL, cert_path)
+    else:
+        script = ('"%s" x509 -in "%s" -noout -pubkey | "%s" pkey -pubin -outform DER'
+                  % (OPENSSL, cert_path, OPENSSL))
+    script += ' | "%s" dgst -%s -r' % (OPENSSL, "sha256" if mtype == 1 else "sha512")
+    out = _run(["sh", "-c", script])
+    return out.split()[0]
+
+
+# --------------------------------------------------------------------------------------
+# nginx over HTTPS on a loopback address (MTA-STS policy hosts)
+# --------------------------------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class NginxHTTPS:
+    """A private nginx (`nginx -c CONF -g 'daemon off;'`, foreground, all paths in a
+    temporary directory) serving HTTPS on ADDR:PORT with one TestCA certificate whose
+    SANs are the given host names.
+
+        files: {host: {url_path: (content_type, body)}}, e.g.
+               {"mta-sts.example.lab": {"/.well-known/mta-sts.txt":
+                                        ("text/plain", "version: STSv1\\r\\n...")}}
+    Unknown hosts or paths answer 404. access_log() returns the request lines
+    ("host path status"). stop() is bounded and only stops the nginx this object started.
+    """
+
+    def __init__(self, addr, ca, files, port=443, keep=False):
+        if not addr.startswith("127."):
+            raise ValueError("loopback addresses only")
+        self.addr, self.port, self.ca, self.keep = addr, port, ca, keep
+        self.files = files
+        self.dir = tempfile.mkdtemp(prefix="mxbed-nginx-")
+        os.chmod(self.dir, 0o755)
+        self.proc = None
+        hosts = sorted(files)
+        self.cert, self.key = ca.leaf(hosts[0], hosts)
+        self.root = os.path.join(self.dir, "www")
+        servers = []
+        for i, host in enumerate(hosts):
+            hroot = os.path.join(self.root, "h%d" % i)
+            locs = []
+            for path, (ctype, body) in sorted(files[host].items()):
+                fp = os.path.join(hroot, path.lstrip("/"))
+                os.makedirs(os.path.dirname(fp), exist_ok=True)
+                with open(fp, "w", newline="") as f:
+                    f.write(body)
+                locs.append("        location = %s { default_type %s; types { } }"
+                            % (path, ctype))
+            servers.append("""    server {
+        listen %(addr)s:%(port)d ssl;
+        server_name %(host)s;
+        root %(root)s;
+%(locs)s
+        location / { return 404; }
+    }""" % {"addr": addr, "port": port, "host": host, "root": hroot, "locs": "\n".join(locs)})
+        d = self.dir
+        conf = """worker_processes 1;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log info;
+user root;
+events { worker_connections 64; }
+http {
+    log_format combined_host '$host $request_uri $status';
+    access_log %(d)s/access.log combined_host;
+    client_body_temp_path %(d)s/client_body;
+    proxy_temp_path %(d)s/proxy;
+    fastcgi_temp_path %(d)s/fastcgi;
+    uwsgi_temp_path %(d)s/uwsgi;
+    scgi_temp_path %(d)s/scgi;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {
+        listen %(addr)s:%(port)d ssl default_server;
+        server_name _;
+        location / { return 404; }
+    }
+%(servers)s
+}
+""" % {"d": d, "cert": self.cert, "key": self.key, "addr": addr, "port": port,
+            "servers": "\n".join(servers)}
+        self.conf = os.path.join(d, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+    def start(self, timeout=15):
+        if not port_free(self.addr, self.port):
+            raise RuntimeError("%s:%d is already in use" % (self.addr, self.port))
+        t = subprocess.run([NGINX, "-t", "-c", self.conf, "-g", "daemon off;"],
+                           capture_output=True, text=True, timeout=30)
+        if t.returncode != 0:
+            raise RuntimeError("nginx -t failed: %s%s" % (t.stdout, t.stderr))
+        self._out = open(os.path.join(self.dir, "nginx.out"), "w")
+        self.proc = subprocess.Popen([NGINX, "-c", self.conf, "-g", "daemon off;"],
+                                     stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT, cwd=self.dir)
+        if not _poll(lambda: self.proc.poll() is not None or can_connect(self.addr, self.port),
+                     timeout) or self.proc.poll() is not None:
+            out = self.error_log()
+            self.stop()
+            raise RuntimeError("nginx not listening on %s:%d: %s" % (self.addr, self.port, out))
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()  # SIGTERM: fast shutdown of master and workers
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            self.proc = None
+            self._out.close()
+            _poll(lambda: port_free(self.addr, self.port), 10, 0.1)
+        if not self.keep and not os.environ.get("SMX_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def error_log(self):
+        text = ""
+        for n in ("nginx.out", "error.log"):
+            try:
+                with open(os.path.join(self.dir, n)) as f:
+                    text += f.read()
+            except OSError:
+                pass
+        return text
+
+    def access_log(self):
+        try:
+            with open(os.path.join(self.dir, "access.log")) as f:
+                return f.read().splitlines()
+        except OSError:
+            return []
+
+    def curl(self, host, path, timeout=20):
+        """curl --cacert CA --resolve HOST:PORT:ADDR https://HOST/PATH: (rc, body, stderr)."""
+        r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", self.ca.ca_file,
+                            "--resolve", "%s:%d:%s" % (host, self.port, self.addr),
+                            "-w", "\n%{http_code} %{content_type}",
+                            "https://%s:%d%s" % (host, self.port, path)],
+                           capture_output=True, text=True, timeout=timeout)
+        return r.returncode, r.stdout, r.stderr
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False

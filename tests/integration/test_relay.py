@@ -2,6 +2,7 @@
 side's certificate (PKIX, test CA) before MAIL is sent; a name mismatch defers
 (or bounces with tls_failure = bounce) with the failed check named."""
 import email
+import re
 import email.policy
 import os
 import subprocess
@@ -96,6 +97,26 @@ class Relay(unittest.TestCase):
                               r"tls=\"TLSv1\.3 with cipher \S+ \(\d+/\d+ bits\)\" verified=pkix "
                               r"result=delivered")
         self.assertTrue(smxtest.poll(lambda: "event=removed" in a.log_text(), 10))
+
+    def test_connection_reuse(self):
+        b = receiver(self.pki)
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port)
+        self.addCleanup(a.stop)
+        n = 4
+        for i in range(n):
+            r = swaks(a.port, "bob@b.lab", subject="reuse %d" % i)
+            self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        files = smxtest.poll(lambda: len(b.mail_files("b.lab", "bob")) >= n and
+                             b.mail_files("b.lab", "bob"), 30)
+        self.assertTrue(files, a.log_text())
+        self.assertEqual(len(files), n)
+        # the messages came close together: later ones went over the first
+        # verified connection (RSET between), not over new ones
+        self.assertGreaterEqual(a.log_text().count("event=conn_reused"), 1, a.log_text())
+        connects = b.log_text().count("event=connect ")
+        self.assertLess(connects, n + 1, b.log_text())  # +1: the readiness probe
+        self.assertEqual(len(re.findall(r"event=result .* result=delivered", a.log_text())), n)
 
     def test_name_mismatch_defers_and_sends_nothing(self):
         b = receiver(self.pki)

@@ -38,7 +38,7 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import smxtest  # noqa: E402
 from smxtest import Daemon, HOSTNAME  # noqa: E402
 from dnsbed import DnsBed  # noqa: E402

@@ -14,7 +14,7 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 from mxbed import TestCA, PostfixMX  # noqa: E402
 from mitm import StartTLSStripProxy, strip_starttls  # noqa: E402
 

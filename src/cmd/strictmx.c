@@ -5,6 +5,7 @@
  *   strictmx [-c FILE] queue show ID [--json]
  *   strictmx [-c FILE] queue flush
  *   strictmx [-c FILE] queue delete ID
+ *   strictmx [-c FILE] policy DOMAIN [--json]
  *   strictmx --version | help
  *
  * -c names the daemon's configuration (for data_dir); without it the
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "policy/policy.h"
 #include "queue/admin.h"
 
 static void usage(FILE *f)
@@ -28,6 +30,8 @@ static void usage(FILE *f)
 	    "  queue show ID [--json]    one message: envelope, per-recipient state and reasons\n"
 	    "  queue flush               retry every queued recipient now\n"
 	    "  queue delete ID           remove a message (no DSN is sent)\n"
+	    "  policy DOMAIN [--json]    what delivery to DOMAIN must prove: each MX and the\n"
+	    "                            method that must verify it (dane, mta-sts+pkix, pkix)\n"
 	    "  help                      this text\n"
 	    "  version                   the version (also --version)\n"
 	    "\n"
@@ -121,6 +125,8 @@ int main(int argc, char **argv)
 	int rc;
 	if (!strcmp(cmd, "queue")) {
 		rc = cmd_queue(&cfg, argc - optind - 1, argv + optind + 1);
+	} else if (!strcmp(cmd, "policy")) {
+		rc = policy_cli(&cfg, argc - optind - 1, argv + optind + 1);
 	} else {
 		fprintf(stderr, "strictmx: unknown command '%s' (try: strictmx help)\n", cmd);
 		rc = 2;

@@ -64,6 +64,7 @@ void config_defaults(struct config *c)
 	c->timeout_tls = 60;
 	c->errors = 20;
 	c->smtp_port = 25;
+	c->mta_sts = true;
 	c->max_connections_per_domain = 20;
 	c->connect_timeout = 30;
 	c->out_command_timeout = 300;
@@ -593,6 +594,8 @@ static int handle_outbound(struct parse_ctx *p, const char *k, const char *v)
 		return set_duration(p, k, v, &c->connect_timeout);
 	} else if (!strcmp(k, "command_timeout")) {
 		return set_duration(p, k, v, &c->out_command_timeout);
+	} else if (!strcmp(k, "mta_sts")) {
+		return set_bool(p, k, v, &c->mta_sts);
 	} else if (!strcmp(k, "helo_name")) {
 		if (!valid_domain(v))
 			return perr(p, "helo_name: '%s' is not a valid host name", v);

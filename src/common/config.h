@@ -99,6 +99,7 @@ struct config {
 	unsigned connect_timeout;
 	unsigned out_command_timeout;
 	char *helo_name; /* default: hostname */
+	bool mta_sts;    /* apply MTA-STS policies (RFC 8461); default yes */
 
 	/* [queue] */
 	unsigned max_queue_lifetime; /* seconds */

@@ -33,6 +33,7 @@
 #include "common/xmalloc.h"
 #include "dns/dns.h"
 #include "outbound/session.h"
+#include "policy/policy.h"
 #include "tls/client.h"
 
 #define OUT_LOW  (64 * 1024) /* body is pumped while less than this waits */
@@ -67,9 +68,32 @@ struct outbound_ctx {
 	struct outbound_delivery *all;
 	uint64_t next_id;
 	struct pooled *pool;
+	struct policy_ctx *policy;
 };
 
-enum fail_kind { FK_NONE, FK_DNS, FK_CONNECT, FK_STARTTLS, FK_CERT, FK_TLS, FK_PROTOCOL };
+/* one MX host of the plan, with what must be proven before MAIL */
+struct target {
+	char host[256];
+	char tlsa_base[256];
+	enum policy_method method;
+	char why[300];
+	struct tls_tlsa *tlsa;
+	unsigned char **tlsa_data;
+	size_t n_tlsa;
+	struct sockaddr_storage *addrs;
+	size_t n_addrs;
+};
+
+enum fail_kind {
+	FK_NONE,
+	FK_DNS,
+	FK_CONNECT,
+	FK_STARTTLS,
+	FK_CERT,
+	FK_TLS,
+	FK_PROTOCOL,
+	FK_POLICY
+};
 
 struct outbound_delivery {
 	struct outbound_ctx *ctx;
@@ -84,7 +108,13 @@ struct outbound_delivery {
 	outbound_done_fn done;
 	void *arg;
 
-	/* where to go */
+	/* where to go: the policy plan's MX hosts (targets), or a route */
+	struct target *targets;
+	size_t n_targets, target_i;
+	const struct target *cur; /* NULL on a route */
+	enum policy_method method;
+	int policy_id;
+	bool policy_pending;
 	struct dns_mx_host *mx;
 	size_t n_mx, mx_i;
 	uint16_t port;
@@ -159,6 +189,16 @@ static void delivery_free(struct outbound_delivery *d)
 	free(d->final);
 	free(d->mx);
 	free(d->addrs);
+	if (d->policy_pending)
+		policy_cancel(d->ctx->policy, d->policy_id);
+	for (size_t i = 0; i < d->n_targets; i++) {
+		for (size_t k = 0; k < d->targets[i].n_tlsa; k++)
+			free(d->targets[i].tlsa_data[k]);
+		free(d->targets[i].tlsa);
+		free(d->targets[i].tlsa_data);
+		free(d->targets[i].addrs);
+	}
+	free(d->targets);
 	free(d->map);
 	free(d);
 }
@@ -200,6 +240,9 @@ static void all_hosts_failed(struct outbound_delivery *d)
 		break;
 	case FK_DNS:
 		enh = "4.4.3";
+		break;
+	case FK_POLICY:
+		enh = "4.7.5";
 		break;
 	default:
 		break;
@@ -296,7 +339,7 @@ static void pool_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static const char *conn_key(const struct outbound_delivery *d)
 {
-	return d->dom && d->dom->tls == CONFIG_TLS_ENCRYPT_ONLY ? "encrypt-only" : "pkix";
+	return policy_method_name(d->method);
 }
 
 /* pool_put - keep d's idle, verified connection for the next message */
@@ -479,12 +522,22 @@ static void start_tls(struct outbound_delivery *d)
 		extra = (const char *const *)d->dom->match.v;
 		n_extra = d->dom->match.n;
 	}
-	if (d->dom && d->dom->tls == CONFIG_TLS_ENCRYPT_ONLY)
+	char why[300] = "cannot set up TLS for this host name";
+	if (d->method == POLICY_DANE && d->cur) {
+		/* RFC 7672 §3.2.3: SNI and the primary name are the TLSA base
+		 * domain; the MX name as published is accepted too (§3.2.2) */
+		const char *names[1] = {d->cur->host};
+		size_t usable = 0;
+		ssl = tls_client_new_dane(d->ctx->tls, d->cur->tlsa_base, names,
+		                          strcmp(d->cur->host, d->cur->tlsa_base) ? 1 : 0,
+		                          d->cur->tlsa, d->cur->n_tlsa, &usable, why, sizeof(why));
+	} else if (d->method == POLICY_ENCRYPT_ONLY) {
 		ssl = tls_client_new_encrypt_only(d->ctx->tls, d->host);
-	else
+	} else {
 		ssl = tls_client_new_pkix(d->ctx->tls, d->host, extra, n_extra);
+	}
 	if (ssl == NULL) {
-		outbound_session_tls_failed(d->sess, "cannot set up TLS for this host name");
+		outbound_session_tls_failed(d->sess, why);
 		conn_process(d);
 		return;
 	}
@@ -512,7 +565,17 @@ static void tls_done(struct outbound_delivery *d)
 	char why[512];
 	d->handshaking = false;
 	tls_client_describe(ssl, d->tls_desc, sizeof(d->tls_desc));
-	if (d->dom && d->dom->tls == CONFIG_TLS_ENCRYPT_ONLY) {
+	char matched[128] = "";
+	if (d->method == POLICY_DANE) {
+		if (tls_client_verify_dane(ssl, why, sizeof(why), matched, sizeof(matched)) < 0) {
+			outbound_session_tls_failed(d->sess, why);
+			conn_process(d);
+			return;
+		}
+		d->verified = "dane";
+		log_info("event=dane_match id=%s mx=%s ip=%s tlsa_base=%s match=\"%s\"", d->msg_id,
+		         d->host, d->ip, d->cur ? d->cur->tlsa_base : d->host, matched);
+	} else if (d->method == POLICY_ENCRYPT_ONLY) {
 		if (tls_client_verify(ssl, why, sizeof(why)) == 0) {
 			d->verified = "pkix";
 		} else {
@@ -527,7 +590,7 @@ static void tls_done(struct outbound_delivery *d)
 		conn_process(d);
 		return;
 	} else {
-		d->verified = "pkix";
+		d->verified = d->method == POLICY_MTASTS_PKIX ? "mta-sts" : "pkix";
 	}
 	log_info("event=tls_out id=%s mx=%s ip=%s tls=\"%s\" verified=%s", d->msg_id, d->host,
 	         d->ip, d->tls_desc, d->verified);
@@ -760,8 +823,46 @@ static void addr_cb(void *arg, const struct dns_addr_result *r)
 	next_addr(d);
 }
 
+/* next_target - the next MX host of the plan that may be used now */
+static void next_target(struct outbound_delivery *d)
+{
+	while (d->target_i < d->n_targets) {
+		const struct target *t = &d->targets[d->target_i++];
+		if (t->method == POLICY_SKIP) {
+			add_reason(d, FK_POLICY, "%s skipped: %s", t->host, t->why);
+			continue;
+		}
+		if (t->method == POLICY_DEFER) {
+			/* RFC 7672 §2.2: a failed TLSA lookup never downgrades */
+			add_reason(d, FK_POLICY, "%s: %s", t->host, t->why);
+			continue;
+		}
+		if (t->n_addrs == 0) {
+			add_reason(d, FK_DNS, "%s: %s", t->host, t->why);
+			continue;
+		}
+		d->cur = t;
+		d->method = t->method;
+		snprintf(d->host, sizeof(d->host), "%s", t->host);
+		free(d->addrs);
+		d->addrs = xcalloc(t->n_addrs, sizeof(*d->addrs));
+		memcpy(d->addrs, t->addrs, t->n_addrs * sizeof(*d->addrs));
+		d->n_addrs = t->n_addrs;
+		d->addr_i = 0;
+		log_info("event=mx_plan id=%s mx=%s method=%s why=\"%s\"", d->msg_id, t->host,
+		         policy_method_name(t->method), t->why);
+		next_addr(d);
+		return;
+	}
+	all_hosts_failed(d);
+}
+
 static void next_mx(struct outbound_delivery *d)
 {
+	if (d->targets != NULL) {
+		next_target(d);
+		return;
+	}
 	if (d->mx_i >= d->n_mx) {
 		all_hosts_failed(d);
 		return;
@@ -776,30 +877,58 @@ static void next_mx(struct outbound_delivery *d)
 	}
 }
 
-static void mx_cb(void *arg, const struct dns_mx_result *r)
+static void plan_cb(void *arg, const struct policy_plan *plan)
 {
 	struct outbound_delivery *d = arg;
-	d->dns_pending = false;
-	switch (r->status) {
-	case DNS_MX_NULL:
+	d->policy_pending = false;
+	switch (plan->status) {
+	case POLICY_NULL_MX:
 		/* RFC 7505 §4.2: 556 5.1.10 */
 		finish(d, OUT_FAIL, 556, "5.1.10",
 		       "the recipient's domain publishes a null MX: it accepts no mail");
 		return;
-	case DNS_MX_NXDOMAIN:
-		finish(d, OUT_FAIL, 550, "5.1.2", r->reason);
+	case POLICY_NXDOMAIN:
+		finish(d, OUT_FAIL, 550, "5.1.2", plan->reason);
 		return;
-	case DNS_MX_TEMPFAIL:
-		add_reason(d, FK_DNS, "%s", r->reason);
+	case POLICY_TEMPFAIL:
+		add_reason(d, FK_DNS, "%s", plan->reason);
 		finish(d, OUT_DEFER, 451, "4.4.3", d->reasons);
 		return;
-	case DNS_MX_OK:
+	case POLICY_OK:
 		break;
 	}
-	d->mx = xcalloc(r->n_hosts ? r->n_hosts : 1, sizeof(*d->mx));
-	memcpy(d->mx, r->hosts, r->n_hosts * sizeof(*d->mx));
-	d->n_mx = r->n_hosts;
-	next_mx(d);
+	if (plan->sts.policy_valid)
+		log_info("event=mta_sts id=%s domain=%s mode=%s id=%s cached=%s", d->msg_id,
+		         d->domain, plan->sts.mode, plan->sts.id,
+		         plan->sts.from_cache ? "yes" : "no");
+	d->n_targets = plan->n_mx;
+	d->targets = xcalloc(plan->n_mx ? plan->n_mx : 1, sizeof(*d->targets));
+	for (size_t i = 0; i < plan->n_mx; i++) {
+		const struct policy_mx *m = &plan->mx[i];
+		struct target *t = &d->targets[i];
+		snprintf(t->host, sizeof(t->host), "%s", m->host);
+		snprintf(t->tlsa_base, sizeof(t->tlsa_base), "%s",
+		         m->tlsa_base[0] ? m->tlsa_base : m->host);
+		snprintf(t->why, sizeof(t->why), "%s", m->why);
+		t->method = m->method;
+		/* encrypt-only never weakens DANE (the plan keeps DANE MXs as DANE) */
+		t->n_tlsa = m->n_tlsa;
+		t->tlsa = xcalloc(m->n_tlsa ? m->n_tlsa : 1, sizeof(*t->tlsa));
+		t->tlsa_data = xcalloc(m->n_tlsa ? m->n_tlsa : 1, sizeof(*t->tlsa_data));
+		for (size_t k = 0; k < m->n_tlsa; k++) {
+			t->tlsa_data[k] = xmalloc(m->tlsa[k].len ? m->tlsa[k].len : 1);
+			memcpy(t->tlsa_data[k], m->tlsa[k].data, m->tlsa[k].len);
+			t->tlsa[k] = (struct tls_tlsa){.usage = m->tlsa[k].usage,
+			                               .selector = m->tlsa[k].selector,
+			                               .mtype = m->tlsa[k].mtype,
+			                               .data = t->tlsa_data[k],
+			                               .len = m->tlsa[k].len};
+		}
+		t->n_addrs = m->n_addrs;
+		t->addrs = xcalloc(m->n_addrs ? m->n_addrs : 1, sizeof(*t->addrs));
+		memcpy(t->addrs, m->addrs, m->n_addrs * sizeof(*t->addrs));
+	}
+	next_target(d);
 }
 
 /* start_route - [domain] route = host:port instead of the MX records */
@@ -877,13 +1006,15 @@ struct outbound_delivery *outbound_deliver(struct outbound_ctx *ctx,
 		ctx->all->prev = d;
 	ctx->all = d;
 
+	d->method =
+	    d->dom && d->dom->tls == CONFIG_TLS_ENCRYPT_ONLY ? POLICY_ENCRYPT_ONLY : POLICY_PKIX;
 	if (d->dom && d->dom->route) {
 		start_route(d);
 		return d;
 	}
-	d->dns_pending = true;
-	if (dns_resolve_mx(ctx->dns, d->domain, mx_cb, d, &d->dns_id) < 0) {
-		d->dns_pending = false;
+	d->policy_pending = true;
+	if (policy_plan_domain(ctx->policy, d->domain, plan_cb, d, &d->policy_id) < 0) {
+		d->policy_pending = false;
 		finish(d, OUT_DEFER, 451, "4.4.3", "MX lookup could not start");
 		return NULL;
 	}
@@ -909,6 +1040,12 @@ struct outbound_ctx *outbound_ctx_new(struct event_base *base, const struct conf
 	ctx->cfg = c;
 	ctx->dns = dns;
 	ctx->tls = tls;
+	ctx->policy = policy_new(base, c, dns, err, errlen);
+	if (ctx->policy == NULL) {
+		SSL_CTX_free(tls);
+		free(ctx);
+		return NULL;
+	}
 	return ctx;
 }
 
@@ -921,6 +1058,7 @@ void outbound_ctx_free(struct outbound_ctx **cp)
 		delivery_free(ctx->all);
 	while (ctx->pool)
 		pool_free(ctx->pool);
+	policy_free(&ctx->policy);
 	SSL_CTX_free(ctx->tls);
 	free(ctx);
 	*cp = NULL;

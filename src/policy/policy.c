@@ -335,8 +335,8 @@ static void tlsa_cb(void *arg, const struct dns_result *res)
 		m->method = POLICY_PKIX;
 		snprintf(m->why, sizeof(m->why), "%s",
 		         res->sec == DNS_SEC_SECURE
-		             ? "MX secure, A/AAAA secure, TLSA securely absent: PKIX"
-		             : "MX secure, A/AAAA secure, TLSA denial insecure: no DANE, PKIX");
+		             ? "MX secure, A/AAAA secure, TLSA securely absent: no DANE"
+		             : "MX secure, A/AAAA secure, TLSA denial insecure: no DANE");
 		mx_done(ms);
 		return;
 	case DNS_OK:
@@ -345,7 +345,8 @@ static void tlsa_cb(void *arg, const struct dns_result *res)
 	if (res->sec != DNS_SEC_SECURE) {
 		/* RFC 7672 §2.2: TLSA records without DNSSEC are ignored, as if absent */
 		m->method = POLICY_PKIX;
-		snprintf(m->why, sizeof(m->why), "TLSA records at %s insecure: ignored, PKIX", at);
+		snprintf(m->why, sizeof(m->why), "TLSA records at %s insecure: ignored, no DANE",
+		         at);
 		mx_done(ms);
 		return;
 	}
@@ -719,6 +720,11 @@ static void sts_start(struct plan_req *r)
 {
 	char name[300];
 
+	if (!r->p->c->mta_sts) {
+		snprintf(r->plan.sts.error, sizeof(r->plan.sts.error),
+		         "MTA-STS disabled ([outbound] mta_sts = no)");
+		return;
+	}
 	if (r->p->cache != NULL && policy_cache_get(r->p->cache, r->plan.domain, &r->cached) == 1) {
 		r->have_cached = true;
 		r->cached_fresh = r->cached.fetched + r->cached.max_age > (long long)time(NULL);
@@ -737,7 +743,7 @@ static void sts_start(struct plan_req *r)
 
 static bool domain_ok(const char *d, size_t n)
 {
-	if (n == 0 || n > 253)
+	if (n == 0 || n > 253 || d[n - 1] == '.')
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)d[i];

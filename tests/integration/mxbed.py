@@ -696,8 +696,9 @@ http {
                             "--resolve", "%s:%d:%s" % (host, self.port, self.addr),
                             "-w", "\n%{http_code} %{content_type}",
                             "https://%s:%d%s" % (host, self.port, path)],
-                           capture_output=True, text=True, timeout=timeout)
-        return r.returncode, r.stdout, r.stderr
+                           capture_output=True, timeout=timeout)
+        return (r.returncode, r.stdout.decode("utf-8", "replace"),
+                r.stderr.decode("utf-8", "replace"))
 
     def __enter__(self):
         return self.start()

@@ -1,0 +1,710 @@
+"""DANE (RFC 7672) and MTA-STS (RFC 8461) outbound delivery, end to end, against real
+peers, with a posttls-finger cross-check of every decision (issue 4, "Test bed").
+
+    swaks --tls --> strictmxd 127.0.0.1:P (relay_networks 127.0.0.0/8)
+        --> DNS: NSD on 127.0.0.5 serving lab. and its children, DNSSEC-signed with
+            ldns-signzone (dnsbed.DnsBed); strictmx gets the lab. trust anchor through
+            [dns] trust_anchor
+        --> MX: private Postfix instances on 127.0.0.6N/7N:25 (mxbed.PostfixMX)
+        --> MTA-STS: a private nginx on 127.0.0.80:443 (mxbed.NginxHTTPS), TestCA cert
+    posttls-finger --> unbound on 127.0.0.53:53 (dnsbed.ValidatingResolver: stub-zone
+            lab. -> the NSD, same trust anchor), via a private mount namespace whose
+            /etc/resolv.conf says `nameserver 127.0.0.53` + `options edns0 trust-ad`
+
+Case -> domain -> MX (address, PostfixMX tls variant) -> records:
+  ee           daneee.lab        mx1 .61 valid       TLSA 3 1 1 (leaf SPKI)
+  ee-expired   daneexpired.lab   mx1 .62 expired     TLSA 3 1 1
+  ee-self      daneself.lab      mx1 .63 selfsigned  TLSA 3 1 1
+  ee-mismatch  danemis.lab       MX 10 mx1 .64 valid TLSA 3 1 1 of ANOTHER key,
+                                 MX 20 mx2 .65 valid TLSA 3 1 1 (match)
+  ta           daneta.lab        mx1 .66 valid       TLSA 2 0 1 (TestCA cert; the chain
+                                                     the MX sends ends with the CA)
+  ta-wrongname danetawrong.lab   mx1 .67 wrongname   TLSA 2 0 1 (leaf is for other.lab)
+  bogus        tlsabogus.lab     mx1 .68 valid       TLSA 3 1 1 (match) made BOGUS
+  insecure     tlsainsecure.lab  (zone unsigned, no DS) mx1 .69 valid, TLSA 3 1 1 that
+                                                     would not match
+  usage01      usage01.lab       mx1 .70 valid       TLSA 0 0 1 (CA) + 1 1 1 (leaf)
+  usage01-self usage01self.lab   mx1 .71 selfsigned  TLSA 0 0 1 + 1 1 1 (its own cert)
+  sts-enforce  stsenforce.lab    MX 10 mx1 .72 valid, MX 5 mx2 .73 valid (not in the
+                                 policy); mta-sts A .80; _mta-sts TXT; mode enforce
+  sts-testing  ststesting.lab    MX 10 mx1 .74, MX 5 mx2 .75, both valid; mode testing
+  dane+sts     danests.lab       mx1 .76 selfsigned  TLSA 3 1 1; MTA-STS enforce (mx1)
+  cname        cname.lab         MX 10 mx -> CNAME real.cname.lab (A .77, valid cert for
+                                 real.cname.lab); TLSA at _25._tcp.real.cname.lab 3 1 1
+
+Expected results follow the spec of issue 4 (log keys: `event=delivery ... verified=dane|
+mta-sts|pkix result=...`, `event=result ... result=delivered|deferred|failed detail="..."`;
+plan: `strictmx -c CONF policy DOMAIN --json`). One strictmxd serves every case: every
+message is submitted in setUpModule, each test then waits (bounded) for its own
+recipient. TestFixtures checks the bed without strictmx (dig, openssl, curl); TestCrossCheck
+runs posttls-finger (-l dane / -l secure) per case and asserts that it agrees with
+strictmx. Run time: about 2-3 minutes.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IT = os.path.dirname(HERE)  # tests/integration (this file lives in pending/ for now)
+sys.path.insert(0, IT)
+sys.path.insert(0, HERE)
+import smxtest  # noqa: E402
+from smxtest import Daemon  # noqa: E402
+from dnsbed import DnsBed, ValidatingResolver  # noqa: E402
+from mxbed import (TestCA, PostfixMX, NginxHTTPS, tlsa_rdata, tlsa_data,  # noqa: E402
+                   tlsa_digest_openssl)
+
+SENDER = "a@example.org"
+RESULT_BOUND = 60.0      # first result line for a recipient (DNS + TLSA + connect + TLS)
+DELIVERY_BOUND = 75.0
+STS_ADDR = "127.0.0.80"
+POSTTLS_FINGER = shutil.which("posttls-finger") or "/usr/sbin/posttls-finger"
+
+
+def policy_text(mode, mx):
+    return "".join("%s\r\n" % l for l in
+                   ["version: STSv1", "mode: %s" % mode] + ["mx: %s" % m for m in mx]
+                   + ["max_age: 86400"])
+
+
+# Every MX peer: key -> (address, PostfixMX tls variant, host name)
+MXS = {
+    "ee": ("127.0.0.61", "valid", "mx1.daneee.lab"),
+    "ee-expired": ("127.0.0.62", "expired", "mx1.daneexpired.lab"),
+    "ee-self": ("127.0.0.63", "selfsigned", "mx1.daneself.lab"),
+    "mis1": ("127.0.0.64", "valid", "mx1.danemis.lab"),
+    "mis2": ("127.0.0.65", "valid", "mx2.danemis.lab"),
+    "ta": ("127.0.0.66", "valid", "mx1.daneta.lab"),
+    "ta-wrongname": ("127.0.0.67", "wrongname", "mx1.danetawrong.lab"),
+    "bogus": ("127.0.0.68", "valid", "mx1.tlsabogus.lab"),
+    "insecure": ("127.0.0.69", "valid", "mx1.tlsainsecure.lab"),
+    "usage01": ("127.0.0.70", "valid", "mx1.usage01.lab"),
+    "usage01-self": ("127.0.0.71", "selfsigned", "mx1.usage01self.lab"),
+    "enf1": ("127.0.0.72", "valid", "mx1.stsenforce.lab"),
+    "enf2": ("127.0.0.73", "valid", "mx2.stsenforce.lab"),
+    "tst1": ("127.0.0.74", "valid", "mx1.ststesting.lab"),
+    "tst2": ("127.0.0.75", "valid", "mx2.ststesting.lab"),
+    "danests": ("127.0.0.76", "selfsigned", "mx1.danests.lab"),
+    "cname": ("127.0.0.77", "valid", "real.cname.lab"),
+}
+
+# Each case: domain; expected strictmx outcome; the MX (key) that must get the message
+# (None: none may); verified= of the delivery; per-MX plan methods; posttls-finger checks
+# [(MX key, connect name, level, expected verdict, compare)] where verdict is "verified"
+# (the chain or a TLSA record authenticated the peer: "Verified TLS connection
+# established"), "fail" (no authenticated TLS: Untrusted/Trusted/Anonymous, a failed
+# verification, or no connection) or "tlsa-error" (TLSA lookup failed: posttls-finger
+# does not connect). compare=False: informative only, not comparable with strictmx's
+# decision for that host, because
+#   - insecure -l dane: posttls-finger falls back to unauthenticated TLS (dane level), the
+#     -l secure run is the comparable one (strictmx: PKIX decides);
+#   - sts-enforce mx2 -l secure: posttls-finger knows no MTA-STS: PKIX passes, the policy
+#     (enforce) skips the host in strictmx;
+#   - dane+sts -l secure: PKIX alone refuses the self-signed certificate; DANE decides.
+CASES = {
+    "ee": dict(domain="daneee.lab", expect="delivered", via="ee", verified="dane",
+               plan={"mx1.daneee.lab": "dane"},
+               ptf=[("ee", "mx1.daneee.lab", "dane", "verified", True)]),
+    "ee-expired": dict(domain="daneexpired.lab", expect="delivered", via="ee-expired",
+                       verified="dane", plan={"mx1.daneexpired.lab": "dane"},
+                       ptf=[("ee-expired", "mx1.daneexpired.lab", "dane", "verified", True)]),
+    "ee-self": dict(domain="daneself.lab", expect="delivered", via="ee-self",
+                    verified="dane", plan={"mx1.daneself.lab": "dane"},
+                    ptf=[("ee-self", "mx1.daneself.lab", "dane", "verified", True)]),
+    "ee-mismatch": dict(domain="danemis.lab", expect="delivered", via="mis2",
+                        verified="dane", untouched=["mis1"],
+                        plan={"mx1.danemis.lab": "dane", "mx2.danemis.lab": "dane"},
+                        ptf=[("mis1", "mx1.danemis.lab", "dane", "fail", True),
+                             ("mis2", "mx2.danemis.lab", "dane", "verified", True)]),
+    "ta": dict(domain="daneta.lab", expect="delivered", via="ta", verified="dane",
+               plan={"mx1.daneta.lab": "dane"},
+               ptf=[("ta", "mx1.daneta.lab", "dane", "verified", True)]),
+    "ta-wrongname": dict(domain="danetawrong.lab", expect="deferred", via=None,
+                         untouched=["ta-wrongname"], plan={"mx1.danetawrong.lab": "dane"},
+                         ptf=[("ta-wrongname", "mx1.danetawrong.lab", "dane", "fail", True)]),
+    "bogus": dict(domain="tlsabogus.lab", expect="deferred", via=None,
+                  untouched=["bogus"], no_connect=["bogus"],
+                  plan={"mx1.tlsabogus.lab": "defer"},
+                  ptf=[("bogus", "mx1.tlsabogus.lab", "dane", "tlsa-error", True)]),
+    "insecure": dict(domain="tlsainsecure.lab", expect="delivered", via="insecure",
+                     verified="pkix", plan={"mx1.tlsainsecure.lab": "pkix"},
+                     ptf=[("insecure", "mx1.tlsainsecure.lab", "dane", "fail", False),
+                          ("insecure", "mx1.tlsainsecure.lab", "secure", "verified", True)]),
+    "usage01": dict(domain="usage01.lab", expect="delivered", via="usage01",
+                    verified="pkix", plan={"mx1.usage01.lab": "pkix"},
+                    ptf=[("usage01", "mx1.usage01.lab", "secure", "verified", True)]),
+    "usage01-self": dict(domain="usage01self.lab", expect="deferred", via=None,
+                         untouched=["usage01-self"], plan={"mx1.usage01self.lab": "pkix"},
+                         ptf=[("usage01-self", "mx1.usage01self.lab", "secure", "fail", True)]),
+    "sts-enforce": dict(domain="stsenforce.lab", expect="delivered", via="enf1",
+                        verified="mta-sts", untouched=["enf2"], no_connect=["enf2"],
+                        plan={"mx1.stsenforce.lab": "mta-sts+pkix",
+                              "mx2.stsenforce.lab": "skip"},
+                        ptf=[("enf1", "mx1.stsenforce.lab", "secure", "verified", True),
+                             ("enf2", "mx2.stsenforce.lab", "secure", "verified", False)]),
+    "sts-testing": dict(domain="ststesting.lab", expect="delivered", via="tst2",
+                        verified="pkix",
+                        plan={"mx1.ststesting.lab": "pkix", "mx2.ststesting.lab": "pkix"},
+                        ptf=[("tst2", "mx2.ststesting.lab", "secure", "verified", True)]),
+    "dane+sts": dict(domain="danests.lab", expect="delivered", via="danests",
+                     verified="dane", plan={"mx1.danests.lab": "dane"},
+                     ptf=[("danests", "mx1.danests.lab", "dane", "verified", True),
+                          ("danests", "mx1.danests.lab", "secure", "fail", False)]),
+    "cname": dict(domain="cname.lab", expect="delivered", via="cname", verified="dane",
+                  plan={"mx.cname.lab": "dane"}, tlsa_base={"mx.cname.lab": "real.cname.lab"},
+                  ptf=[("cname", "mx.cname.lab", "dane", "verified", True)]),
+}
+
+# posttls-finger verdicts as strictmx decisions: the MX-level decision strictmx must make
+# for the same host ("deliver" = authenticated TLS, then mail; "refuse" = not to this MX)
+PTF_MEANS = {"verified": "deliver", "fail": "refuse", "tlsa-error": "refuse"}
+
+
+class Bed:
+    """Everything the cases share: TestCA, Postfix MXs, DNS bed, nginx, unbound,
+    one strictmxd with every case's message submitted."""
+
+    def __init__(self):
+        self.cleanups = []
+        self.ca = TestCA()
+        self.cleanups.append(self.ca.close)
+        self.other_crt, _ = self.ca.leaf("other-key.lab", ["other-key.lab"])
+        self.mx = {}
+        for key, (addr, tls, host) in MXS.items():
+            self.mx[key] = PostfixMX(addr, self.ca, tls=tls, host=host)
+        self.tlsa = {}  # owner (fqdn) -> [rdata]
+        self.zones = self._zones()
+        self.dns = DnsBed(self.zones, signed=True, unsigned=["tlsainsecure.lab."],
+                          bogus=[("tlsabogus.lab.", "_25._tcp.mx1.tlsabogus.lab.", "TLSA")])
+        self.dns.start()
+        self.cleanups.append(self.dns.stop)
+        self.cleanups.append(self._stop_mxs)
+        threads = [threading.Thread(target=m.start) for m in self.mx.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        for key, m in self.mx.items():
+            if not m.started:
+                raise RuntimeError("Postfix MX %s (%s) did not start:\n%s"
+                                   % (key, m.addr, m.log()[-2000:]))
+        self.policies = {
+            "mta-sts.stsenforce.lab": policy_text("enforce", ["mx1.stsenforce.lab"]),
+            "mta-sts.ststesting.lab": policy_text("testing", ["mx1.ststesting.lab"]),
+            "mta-sts.danests.lab": policy_text("enforce", ["mx1.danests.lab"]),
+        }
+        self.nginx = NginxHTTPS(STS_ADDR, self.ca, {
+            h: {"/.well-known/mta-sts.txt": ("text/plain", t)}
+            for h, t in self.policies.items()})
+        self.nginx.start()
+        self.cleanups.append(self.nginx.stop)
+        self.resolver = None
+        self.resolver_error = None
+        try:
+            self.resolver = ValidatingResolver(self.dns)
+            self.resolver.start()
+            self.cleanups.append(self.resolver.stop)
+        except Exception as e:  # posttls-finger cross-check only; strictmx tests go on
+            self.resolver_error = str(e)
+            self.resolver = None
+        self.pf_conf = tempfile.mkdtemp(prefix="dane-ptf-")
+        os.chmod(self.pf_conf, 0o755)
+        self.cleanups.append(lambda: shutil.rmtree(self.pf_conf, ignore_errors=True))
+        with open(os.path.join(self.pf_conf, "main.cf"), "w") as f:
+            # posttls-finger reads main.cf (MAIL_CONFIG); nothing else is needed
+            f.write("compatibility_level = 3.6\nsmtp_dns_support_level = dnssec\n"
+                    "smtp_tls_dane_insecure_mx_policy = dane\ninet_protocols = ipv4\n"
+                    "maillog_file = /dev/stdout\n")
+        self.daemon = None
+        self.msg = {}       # case -> (rcpt, subject, queue id)
+        self._ptf_cache = {}
+        self.table = {}     # case -> (strictmx, posttls-finger)
+
+    def _stop_mxs(self):
+        """Stop every Postfix MX at once (each stop is bounded by PostfixMX.stop)."""
+        threads = [threading.Thread(target=m.stop) for m in self.mx.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+
+    def _zones(self):
+        z = {}
+
+        def leaf(key):
+            return self.mx[key].cert
+
+        def tl(owner, rdata):
+            self.tlsa.setdefault(owner, []).append(rdata)
+            return "%s TLSA %s" % (owner, rdata)
+
+        def one(dom, key, *tlsa_rdatas, extra=()):
+            addr = MXS[key][0]
+            lines = ["@ MX 10 mx1", "mx1 A %s" % addr]
+            lines += [tl("_25._tcp.mx1.%s." % dom, r) for r in tlsa_rdatas]
+            return lines + list(extra)
+
+        sts = lambda: ["mta-sts A %s" % STS_ADDR, '_mta-sts TXT "v=STSv1; id=1"']  # noqa
+        z["daneee.lab."] = one("daneee.lab", "ee", tlsa_rdata(leaf("ee"), 3, 1, 1))
+        z["daneexpired.lab."] = one("daneexpired.lab", "ee-expired",
+                                    tlsa_rdata(leaf("ee-expired"), 3, 1, 1))
+        z["daneself.lab."] = one("daneself.lab", "ee-self", tlsa_rdata(leaf("ee-self"), 3, 1, 1))
+        z["danemis.lab."] = ["@ MX 10 mx1", "@ MX 20 mx2", "mx1 A %s" % MXS["mis1"][0],
+                             "mx2 A %s" % MXS["mis2"][0],
+                             tl("_25._tcp.mx1.danemis.lab.", tlsa_rdata(self.other_crt, 3, 1, 1)),
+                             tl("_25._tcp.mx2.danemis.lab.", tlsa_rdata(leaf("mis2"), 3, 1, 1))]
+        z["daneta.lab."] = one("daneta.lab", "ta", tlsa_rdata(self.ca.ca_cert, 2, 0, 1))
+        z["danetawrong.lab."] = one("danetawrong.lab", "ta-wrongname",
+                                    tlsa_rdata(self.ca.ca_cert, 2, 0, 1))
+        z["tlsabogus.lab."] = one("tlsabogus.lab", "bogus", tlsa_rdata(leaf("bogus"), 3, 1, 1))
+        z["tlsainsecure.lab."] = one("tlsainsecure.lab", "insecure",
+                                     tlsa_rdata(self.other_crt, 3, 1, 1))
+        z["usage01.lab."] = one("usage01.lab", "usage01", tlsa_rdata(self.ca.ca_cert, 0, 0, 1),
+                                tlsa_rdata(leaf("usage01"), 1, 1, 1))
+        z["usage01self.lab."] = one("usage01self.lab", "usage01-self",
+                                    tlsa_rdata(leaf("usage01-self"), 0, 0, 1),
+                                    tlsa_rdata(leaf("usage01-self"), 1, 1, 1))
+        z["stsenforce.lab."] = ["@ MX 10 mx1", "@ MX 5 mx2", "mx1 A %s" % MXS["enf1"][0],
+                                "mx2 A %s" % MXS["enf2"][0]] + sts()
+        z["ststesting.lab."] = ["@ MX 10 mx1", "@ MX 5 mx2", "mx1 A %s" % MXS["tst1"][0],
+                                "mx2 A %s" % MXS["tst2"][0]] + sts()
+        z["danests.lab."] = one("danests.lab", "danests", tlsa_rdata(leaf("danests"), 3, 1, 1),
+                                extra=sts())
+        z["cname.lab."] = ["@ MX 10 mx", "mx CNAME real", "real A %s" % MXS["cname"][0],
+                           tl("_25._tcp.real.cname.lab.", tlsa_rdata(leaf("cname"), 3, 1, 1))]
+        return z
+
+    # -- strictmx --
+    def start_daemon(self):
+        d = Daemon(start=False)
+        extra = ["", "[server]", "relay_networks = 127.0.0.0/8",
+                 "", "[dns]", "stub = %s" % self.dns.stub,
+                 "trust_anchor = %s" % self.dns.trust_anchor_file,
+                 "", "[outbound]", "ca_file = %s" % self.ca.ca_file, "smtp_port = 25",
+                 "connect_timeout = 5", "command_timeout = 10",
+                 "", "[queue]", "retry_min = 1", "retry_max = 2", ""]
+        with open(d.conf, "a") as f:
+            f.write("\n".join(extra))
+        d.start()
+        self.daemon = d
+        for case, c in CASES.items():
+            rcpt = "user@" + c["domain"]
+            subject = "dane-case-" + case
+            mid = swaks_submit(d.port, rcpt, subject, "BODYMARKER " + case)
+            self.msg[case] = (rcpt, subject, mid)
+
+    def close(self):
+        errors = []
+        if self.daemon is not None:
+            try:
+                self.daemon.stop()
+            except AssertionError as e:
+                errors.append(str(e)[:3000])
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # keep stopping the rest
+                errors.append("cleanup: %s" % e)
+        return errors
+
+    # -- posttls-finger --
+    def posttls_finger(self, name, level):
+        """posttls-finger -c -l LEVEL -F CA "[NAME]:25" through the validating resolver.
+        Returns (verdict, output); verdict in verified/fail/tlsa-error."""
+        key = (name, level)
+        if key in self._ptf_cache:
+            return self._ptf_cache[key]
+        if self.resolver is None:
+            raise unittest.SkipTest("no validating resolver: %s" % self.resolver_error)
+        env = dict(os.environ, MAIL_CONFIG=self.pf_conf)
+        argv = [POSTTLS_FINGER, "-c", "-l", level, "-F", self.ca.ca_file, "-o",
+                "smtp_tls_loglevel=1", "[%s]:25" % name]
+        p = self.resolver.run_with_resolver(argv, timeout=60, env=env)
+        out = p.stdout + p.stderr
+        v = ptf_verdict(out)
+        self._ptf_cache[key] = (v, out)
+        return v, out
+
+
+def ptf_verdict(out):
+    if re.search(r"TLSA lookup error", out):
+        return "tlsa-error"
+    if re.search(r"\bVerified TLS connection established", out):
+        return "verified"
+    return "fail"
+
+
+def swaks_submit(port, rcpt, subject, body="hello", timeout=60):
+    argv = ["swaks", "--tls", "--server", "127.0.0.1:%d" % port, "--from", SENDER,
+            "--to", rcpt, "--header", "Subject: %s" % subject, "--body", body,
+            "--timeout", "20"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    m = re.search(r"<~  250 2\.0\.0 Ok: queued as (\S+)", p.stdout)
+    if p.returncode != 0 or not m:
+        raise AssertionError("submission failed (rc %d):\n%s%s" % (p.returncode, p.stdout,
+                                                                    p.stderr))
+    return m.group(1)
+
+
+def result_lines(daemon, rcpt):
+    rx = re.compile(r"^.*event=result .*rcpt=<%s>.*$" % re.escape(rcpt), re.M)
+    return rx.findall(daemon.log_text())
+
+
+def delivery_lines(daemon, rcpt):
+    rx = re.compile(r"^.*event=delivery .*rcpt=<%s>.*$" % re.escape(rcpt), re.M)
+    return rx.findall(daemon.log_text())
+
+
+def wait_result(daemon, rcpt, result=None, timeout=RESULT_BOUND):
+    def find():
+        for ln in result_lines(daemon, rcpt):
+            if result is None or re.search(r"\bresult=%s\b" % result, ln):
+                return ln
+        return None
+    return smxtest.poll(find, timeout, 0.2)
+
+
+BED = None
+SETUP_ERROR = None
+
+
+def setUpModule():
+    global BED
+    smxtest.require_binaries()
+    bed = Bed.__new__(Bed)
+    try:
+        bed.__init__()
+        bed.start_daemon()
+    except BaseException:
+        if getattr(bed, "cleanups", None) is not None:
+            Bed.close(bed)
+        raise
+    BED = bed
+
+
+def tearDownModule():
+    if BED is None:
+        return
+    if BED.table:
+        print("\n\nposttls-finger cross-check (case: strictmx | posttls-finger):",
+              file=sys.stderr)
+        for case in CASES:
+            if case in BED.table:
+                s, p = BED.table[case]
+                print("  %-13s %-34s | %s" % (case, s, p), file=sys.stderr)
+    errors = BED.close()
+    if errors:
+        raise AssertionError("\n".join(errors))
+
+
+class BedCase(unittest.TestCase):
+    @property
+    def bed(self):
+        return BED
+
+
+# --------------------------------------------------------------------------------------
+# The bed itself, without strictmx
+# --------------------------------------------------------------------------------------
+
+class TestFixtures(BedCase):
+    def dig(self, name, rtype):
+        r = subprocess.run(["dig", "+dnssec", "+norec", "+time=3", "+tries=1",
+                            "@%s" % self.bed.dns.addr, "-p", str(self.bed.dns.port),
+                            name, rtype], capture_output=True, text=True, timeout=30)
+        return r.stdout
+
+    def test_tlsa_digests_agree_with_openssl(self):
+        for key in ("ee", "ee-expired", "ee-self"):
+            crt = self.bed.mx[key].cert
+            self.assertEqual(tlsa_data(crt, 1, 1), tlsa_digest_openssl(crt, 1, 1))
+        self.assertEqual(tlsa_data(self.bed.ca.ca_cert, 0, 1),
+                         tlsa_digest_openssl(self.bed.ca.ca_cert, 0, 1))
+        # the served certificate is the one the record was computed from
+        crt = self.bed.mx["ee"].cert
+        p = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                            "127.0.0.61:25", "-showcerts"], input="QUIT\n",
+                           capture_output=True, text=True, timeout=30)
+        first = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                          p.stdout, re.S).group(0)
+        with open(crt) as f:
+            self.assertEqual(first.strip(), f.read().strip())
+        # the DANE-TA MX sends the CA in its chain
+        p = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                            "127.0.0.66:25", "-showcerts"], input="QUIT\n",
+                           capture_output=True, text=True, timeout=30)
+        with open(self.bed.ca.ca_cert) as f:
+            self.assertIn(f.read().strip(), p.stdout)
+
+    def test_signed_zone_has_tlsa_and_rrsig(self):
+        out = self.dig("_25._tcp.mx1.daneee.lab", "TLSA")
+        self.assertIn("status: NOERROR", out)
+        want = self.bed.tlsa["_25._tcp.mx1.daneee.lab."][0].split()[-1]
+        self.assertIn(want.upper(), out.replace(" ", "").upper())
+        self.assertRegex(out, r"RRSIG\s+TLSA\s+13 ")
+        out = self.dig("daneee.lab", "DS")  # the parent (lab.) holds the DS
+        self.assertRegex(out, r"daneee\.lab\.\s+\d+\s+IN\s+DS\s")
+        out = self.dig("tlsainsecure.lab", "DS")  # delegated without DS: insecure
+        self.assertIn("ANSWER: 0,", out)
+        self.assertRegex(out, r"IN\s+NSEC3\s")  # ... provably (signed denial)
+        out = self.dig("_25._tcp.mx1.tlsainsecure.lab", "TLSA")
+        self.assertIn("TLSA", out)
+        self.assertNotRegex(out, r"RRSIG\s+TLSA")
+
+    def test_validating_resolver_sees_secure_bogus_insecure(self):
+        if self.bed.resolver is None:
+            self.skipTest(self.bed.resolver_error)
+        out = self.bed.resolver.ask("_25._tcp.mx1.daneee.lab", "TLSA")
+        self.assertRegex(out, r"flags:[^;]*\bad\b", out)
+        out = self.bed.resolver.ask("_25._tcp.mx1.tlsabogus.lab", "TLSA")
+        self.assertIn("status: SERVFAIL", out)
+        out = self.bed.resolver.ask("mx1.tlsabogus.lab", "A")  # only the TLSA is bogus
+        self.assertRegex(out, r"flags:[^;]*\bad\b", out)
+        out = self.bed.resolver.ask("_25._tcp.mx1.tlsainsecure.lab", "TLSA")
+        self.assertIn("status: NOERROR", out)
+        self.assertNotRegex(out, r"flags:[^;]*\bad\b", out)
+        out = self.bed.resolver.ask("mx.cname.lab", "A")
+        self.assertRegex(out, r"CNAME\s+real\.cname\.lab\.")
+        self.assertRegex(out, r"flags:[^;]*\bad\b", out)
+        out = self.bed.resolver.ask("_mta-sts.stsenforce.lab", "TXT")
+        self.assertIn('"v=STSv1; id=1"', out)
+
+    def test_nginx_serves_policies(self):
+        for host, text in self.bed.policies.items():
+            rc, body, err = self.bed.nginx.curl(host, "/.well-known/mta-sts.txt")
+            self.assertEqual(rc, 0, err)
+            content, _, status = body.rpartition("\n")
+            self.assertEqual(content, text)
+            self.assertRegex(status, r"^200 text/plain")
+        rc, body, err = self.bed.nginx.curl("mta-sts.stsenforce.lab", "/other")
+        self.assertTrue(body.endswith("404 text/html"), body)
+
+    def test_posttls_finger_runs(self):
+        v, out = self.bed.posttls_finger("mx1.daneee.lab", "dane")
+        self.assertEqual(v, "verified", out)
+        self.assertRegex(out, r"(?i)matched.*dane|dane.*3 1 1|TLSA", out)
+
+
+# --------------------------------------------------------------------------------------
+# strictmx
+# --------------------------------------------------------------------------------------
+
+class TestDelivery(BedCase):
+    def outcome(self, case):
+        """Wait for the case's first result line: (result, line)."""
+        rcpt = self.bed.msg[case][0]
+        line = wait_result(self.bed.daemon, rcpt, None, RESULT_BOUND)
+        self.assertIsNotNone(line, "no result line for %s; log:\n%s"
+                             % (rcpt, self.bed.daemon.log_text()[-4000:]))
+        return re.search(r"\bresult=(\w+)", line).group(1), line
+
+    def check(self, case):
+        c = CASES[case]
+        d = self.bed.daemon
+        rcpt, subject, mid = self.bed.msg[case]
+        if c["expect"] == "delivered":
+            line = wait_result(d, rcpt, "delivered", DELIVERY_BOUND)
+            self.assertIsNotNone(line, "no result=delivered for %s; log:\n%s"
+                                 % (rcpt, log_for(d, mid, rcpt)))
+            mx = self.bed.mx[c["via"]]
+            self.assertRegex(line, r"\bmx=%s\b" % re.escape(MXS[c["via"]][2]))
+            msgs = mx.wait_messages(1, 30)
+            mine = [m for m in msgs if ("Subject: %s" % subject).encode() in m]
+            self.assertEqual(len(mine), 1, "MX %s mailbox: %r" % (c["via"], msgs))
+            self.assertIn(("BODYMARKER " + case).encode(), mine[0])
+            dl = [ln for ln in delivery_lines(d, rcpt) if "result=delivered" in ln]
+            self.assertTrue(dl, log_for(d, mid, rcpt))
+            self.assertRegex(dl[0], r"\bverified=%s\b" % re.escape(c["verified"]),
+                             log_for(d, mid, rcpt))
+        else:
+            line = wait_result(d, rcpt, None, RESULT_BOUND)
+            self.assertIsNotNone(line, "no result line for %s; log:\n%s"
+                                 % (rcpt, log_for(d, mid, rcpt)))
+            self.assertRegex(line, r"\bresult=%s\b" % c["expect"])
+            # a retry (retry_min = 1) gets the chance to go wrong too
+            smxtest.poll(lambda: len(result_lines(d, rcpt)) >= 2, 10, 0.2)
+            for ln in result_lines(d, rcpt) + delivery_lines(d, rcpt):
+                self.assertNotRegex(ln, r"\bresult=delivered\b")
+        for key in c.get("untouched", []):
+            m = self.bed.mx[key]
+            self.assertFalse([x for x in m.messages() if subject.encode() in x],
+                             "%s got the message" % key)
+            self.assertEqual(m.mail_commands(), 0, m.log()[-3000:])
+            self.assertEqual(m.accepted_from(), [], m.log()[-3000:])
+        for key in c.get("no_connect", []):
+            m = self.bed.mx[key]
+            self.assertEqual([s for s in m.sessions() if "ehlo" in s[1]], [],
+                             "strictmx talked to %s: %s" % (key, m.sessions()))
+        return line
+
+    def test_ee_match(self):
+        self.check("ee")
+
+    def test_ee_match_expired_certificate(self):
+        self.check("ee-expired")
+
+    def test_ee_match_self_signed(self):
+        self.check("ee-self")
+
+    def test_ee_mismatch_next_mx(self):
+        self.check("ee-mismatch")
+        d = self.bed.daemon
+        self.assertRegex(d.log_text(),
+                         r"TLSA records do not match the certificate of mx1\.danemis\.lab")
+        mis1 = self.bed.mx["mis1"]
+        self.assertTrue(mis1.wait_sessions_with("starttls", 10),
+                        "pref 10 MX never tried: %s" % mis1.sessions())
+
+    def test_ta_right_name(self):
+        self.check("ta")
+
+    def test_ta_wrong_name(self):
+        line = self.check("ta-wrongname")
+        self.assertTrue(self.bed.mx["ta-wrongname"].wait_sessions_with("starttls", 10))
+        self.assertNotRegex(line, r"verified=pkix")
+
+    def test_tlsa_bogus_deferred_no_pkix(self):
+        line = self.check("bogus")
+        self.assertRegex(line, r"(?i)TLSA")
+        mx = self.bed.mx["bogus"]
+        self.assertNotIn("from=<%s>" % SENDER, mx.log())
+
+    def test_tlsa_insecure_ignored(self):
+        self.check("insecure")
+
+    def test_usage_0_1_only_pkix_valid(self):
+        self.check("usage01")
+
+    def test_usage_0_1_only_pkix_selfsigned(self):
+        line = self.check("usage01-self")
+        self.assertRegex(line, r"(?i)self.signed|certificate")
+        self.assertTrue(self.bed.mx["usage01-self"].wait_sessions_with("starttls", 10))
+
+    def test_mta_sts_enforce(self):
+        self.check("sts-enforce")
+        d = self.bed.daemon
+        self.assertTrue(smxtest.poll(lambda: re.search(
+            r"mx2\.stsenforce\.lab[^\n]*(skip|not in (the )?MTA-STS)|"
+            r"(skip|not in (the )?MTA-STS)[^\n]*mx2\.stsenforce\.lab", d.log_text()), 5),
+            "no log line says mx2 was skipped:\n" + d.log_text()[-4000:])
+        self.assertTrue(any(re.search(r"mta-sts\.stsenforce\.lab\S* /\.well-known/mta-sts\.txt"
+                                      r" 200", l) for l in self.bed.nginx.access_log()),
+                        self.bed.nginx.access_log())
+
+    def test_mta_sts_testing(self):
+        self.check("sts-testing")
+
+    def test_dane_and_mta_sts_dane_decides(self):
+        self.check("dane+sts")
+
+    def test_cname_mx_host(self):
+        self.check("cname")
+
+    # -- the plan --
+    def policy(self, domain):
+        p = subprocess.run([smxtest.STRICTMX, "-c", self.bed.daemon.conf, "policy", domain,
+                            "--json"], capture_output=True, text=True, timeout=90)
+        if p.returncode != 0 and re.search(r"(?i)usage|unknown command", p.stdout + p.stderr):
+            self.fail("`strictmx policy` is not implemented yet: %s" % (p.stdout + p.stderr))
+        try:
+            return json.loads(p.stdout)
+        except ValueError:
+            self.fail("policy %s: rc %d, not JSON:\n%s%s" % (domain, p.returncode, p.stdout,
+                                                              p.stderr))
+
+    def test_policy_plans(self):
+        for case, c in CASES.items():
+            with self.subTest(case=case):
+                plan = self.policy(c["domain"])
+                got = {m["host"].rstrip(".").lower(): m for m in plan.get("mx", [])}
+                for host, method in c["plan"].items():
+                    self.assertIn(host, got, plan)
+                    self.assertEqual(got[host]["method"], method, json.dumps(plan, indent=1))
+                    self.assertTrue(got[host].get("why"), plan)
+                for host, base in c.get("tlsa_base", {}).items():
+                    self.assertEqual(got[host]["tlsa_base"].rstrip("."), base, plan)
+
+
+def log_for(d, mid, rcpt):
+    lines = [ln for ln in d.log_text().splitlines() if mid in ln or rcpt in ln]
+    return "\n".join(lines[-40:]) or d.log_text()[-4000:]
+
+
+# --------------------------------------------------------------------------------------
+# posttls-finger against the same bed
+# --------------------------------------------------------------------------------------
+
+class TestCrossCheck(BedCase):
+    """For each case: posttls-finger's verdict per MX host agrees with strictmx's decision
+    for that host (delivered there, or not)."""
+
+    def strictmx_side(self, case):
+        c = CASES[case]
+        d = self.bed.daemon
+        rcpt, _subject, _mid = self.bed.msg[case]
+        line = wait_result(d, rcpt, "delivered" if c["expect"] == "delivered" else None,
+                           DELIVERY_BOUND if c["expect"] == "delivered" else RESULT_BOUND)
+        if line is None:
+            line = wait_result(d, rcpt, None, 1) or ""
+        res = re.search(r"\bresult=(\w+)", line)
+        res = res.group(1) if res else "none"
+        dl = [ln for ln in delivery_lines(d, rcpt) if "result=delivered" in ln]
+        ver = re.search(r"\bverified=(\S+)", dl[0]).group(1) if dl else "-"
+        mxm = re.search(r"\bmx=(\S+)", dl[0]).group(1) if dl else "-"
+        return res, ver, mxm
+
+    def cross(self, case):
+        c = CASES[case]
+        res, ver, mxm = self.strictmx_side(case)
+        if res == "delivered":
+            s_text = "delivered via %s (verified=%s)" % (mxm.split(".")[0], ver)
+        else:
+            s_text = res
+        parts, problems = [], []
+        for key, name, level, expected, compare in c["ptf"]:
+            v, out = self.bed.posttls_finger(name, level)
+            parts.append("[%s] -l %s: %s%s" % (name.split(".")[0], level, v,
+                                               "" if compare else " (info)"))
+            if v != expected:
+                problems.append("posttls-finger -l %s [%s]:25 says %s, expected %s:\n%s"
+                                % (level, name, v, expected, out[-2500:]))
+            if not compare:
+                continue
+            # agreement: posttls-finger authenticates this host <=> strictmx delivered
+            # there (for the MX strictmx must use) / did not deliver there
+            here = res == "delivered" and mxm.rstrip(".") == MXS[key][2]
+            if PTF_MEANS[v] == "deliver" and not here:
+                problems.append("[%s]: posttls-finger -l %s authenticates it, strictmx: %s"
+                                % (name, level, s_text))
+            if PTF_MEANS[v] == "refuse" and here:
+                problems.append("[%s]: posttls-finger -l %s refuses it, strictmx delivered "
+                                "there" % (name, level))
+        self.bed.table[case] = (s_text, "; ".join(parts))
+        self.assertEqual(problems, [], "case %s" % case)
+        self.assertEqual(res, c["expect"], "strictmx side of case %s" % case)
+        if res == "delivered":
+            self.assertEqual(ver, c["verified"])
+
+
+def _make_cross(case):
+    def t(self):
+        self.cross(case)
+    t.__name__ = "test_" + re.sub(r"\W", "_", case)
+    return t
+
+
+for _case in CASES:
+    setattr(TestCrossCheck, "test_" + re.sub(r"\W", "_", _case), _make_cross(_case))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -438,7 +438,8 @@ static void host_done(struct outbound_delivery *d)
 			kind = FK_CERT;
 		else if (strstr(reason, "TLS") || strstr(reason, "handshake"))
 			kind = kind == FK_STARTTLS ? kind : FK_TLS;
-		add_reason(d, kind, "%s[%s]: %s", d->host, d->ip, reason);
+		add_reason(d, kind, "%s[%s] (%s): %s", d->host, d->ip,
+		           policy_method_name(d->method), reason);
 		log_info("event=mx_failed id=%s mx=%s ip=%s temporary=%s reason=\"%s\"", d->msg_id,
 		         d->host, d->ip, temporary ? "yes" : "no", reason);
 	}

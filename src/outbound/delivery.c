@@ -830,6 +830,9 @@ static void next_target(struct outbound_delivery *d)
 	while (d->target_i < d->n_targets) {
 		const struct target *t = &d->targets[d->target_i++];
 		if (t->method == POLICY_SKIP) {
+			/* issue 4: a skipped MX is logged with its reason */
+			log_info("event=mx_skipped id=%s mx=%s why=\"%s\"", d->msg_id, t->host,
+			         t->why);
 			add_reason(d, FK_POLICY, "%s skipped: %s", t->host, t->why);
 			continue;
 		}

@@ -565,6 +565,11 @@ static void on_ehlo_tls(struct outbound_session *s, const struct smtp_reply *r, 
 		return;
 	}
 	s->caps = s->new_caps;
+	if (s->p.probe) {
+		/* strictmx check: everything delivery would prove is proven; no MAIL */
+		finish(s, OUTBOUND_DONE, true);
+		return;
+	}
 	start_transaction(s);
 }
 

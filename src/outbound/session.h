@@ -43,6 +43,7 @@ struct outbound_params {
 	bool body_8bit;   /* BODY=8BITMIME when the server offers 8BITMIME */
 	bool require_tls; /* always true in strictmx; false only in tests */
 	bool keep_open;   /* after the transaction, stay connected (no QUIT): reuse */
+	bool probe;       /* checker: QUIT and DONE right after the EHLO inside TLS, no MAIL */
 	uint64_t id;      /* for logs */
 };
 

@@ -38,7 +38,7 @@ plan: `strictmx -c CONF policy DOMAIN --json`). One strictmxd serves every case:
 message is submitted in setUpModule, each test then waits (bounded) for its own
 recipient. TestFixtures checks the bed without strictmx (dig, openssl, curl); TestCrossCheck
 runs posttls-finger (-l dane / -l secure) per case and asserts that it agrees with
-strictmx. Run time: about 2-3 minutes.
+strictmx. Run time: about 50 s (Postfix starts dominate; up to ~2 min on a busy machine).
 """
 
 import json
@@ -53,7 +53,7 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-IT = os.path.dirname(HERE)  # tests/integration (this file lives in pending/ for now)
+IT = HERE  # tests/integration
 sys.path.insert(0, IT)
 sys.path.insert(0, HERE)
 import smxtest  # noqa: E402
@@ -192,22 +192,30 @@ class Bed:
         self.mx = {}
         for key, (addr, tls, host) in MXS.items():
             self.mx[key] = PostfixMX(addr, self.ca, tls=tls, host=host)
+        self.cleanups.append(self._stop_mxs)  # also removes the scratch dirs
         self.tlsa = {}  # owner (fqdn) -> [rdata]
         self.zones = self._zones()
         self.dns = DnsBed(self.zones, signed=True, unsigned=["tlsainsecure.lab."],
                           bogus=[("tlsabogus.lab.", "_25._tcp.mx1.tlsabogus.lab.", "TLSA")])
         self.dns.start()
         self.cleanups.append(self.dns.stop)
-        self.cleanups.append(self._stop_mxs)
-        threads = [threading.Thread(target=m.start) for m in self.mx.values()]
+        errors = {}
+
+        def start(key, m):
+            try:
+                m.start()
+            except Exception as e:
+                errors[key] = str(e)
+        # in parallel: `postfix start` takes ~3 s of CPU each
+        threads = [threading.Thread(target=start, args=kv) for kv in self.mx.items()]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(90)
+            t.join(120)
         for key, m in self.mx.items():
-            if not m.started:
-                raise RuntimeError("Postfix MX %s (%s) did not start:\n%s"
-                                   % (key, m.addr, m.log()[-2000:]))
+            if not m.started or key in errors:
+                raise RuntimeError("Postfix MX %s (%s) did not start: %s\n%s"
+                                   % (key, m.addr, errors.get(key, ""), m.log()[-2000:]))
         self.policies = {
             "mta-sts.stsenforce.lab": policy_text("enforce", ["mx1.stsenforce.lab"]),
             "mta-sts.ststesting.lab": policy_text("testing", ["mx1.ststesting.lab"]),
@@ -349,6 +357,10 @@ class Bed:
         before = ehlo_sessions(mx) if mx else 0
         p = self.resolver.run_with_resolver(argv, timeout=60, env=env)
         out = p.stdout + p.stderr
+        if p.returncode != 0 and re.search(r"^(unshare|mount|sh): ", out, re.M):
+            # no private mount namespace here: the cross-check cannot run (not a verdict)
+            raise unittest.SkipTest("cannot give posttls-finger a private resolv.conf: %s"
+                                    % out.strip()[:300])
         v = ptf_verdict(out)
         if mx is not None and v != "tlsa-error":
             # its session ends with QUIT: wait (bounded) for smtpd's disconnect line

@@ -1,0 +1,574 @@
+/*
+ * check/check - the checker's engine: for each domain the policy plan
+ * (policy_plan_domain, the very plan delivery follows), the TLS-RPT record,
+ * then for every MX address three probes in turn: the TLS probe verified as
+ * the plan demands, a PKIX-verified second handshake for DANE MXs (for
+ * information), and the plaintext enforcement probe. Probes of one address
+ * wait for a free slot (opts.per_ip), so a scan does not hammer one host.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "check/check.h"
+#include "check/probe.h"
+#include "common/config.h"
+#include "common/xmalloc.h"
+#include "dns/dns.h"
+#include "policy/mtasts.h"
+#include "tls/client.h"
+
+#define IP_BUCKETS 1024
+
+enum step { STEP_TLS, STEP_PKIX, STEP_ENFORCE, STEP_DONE };
+
+struct dom;
+
+struct job {
+	struct dom *dom;
+	size_t mx_i, addr_i;
+	enum step step;
+	struct check_probe *probe;
+	struct ipslot *slot;
+	struct job *wait_next;
+	bool waiting, running;
+	struct tls_tlsa *tlsa;
+};
+
+struct ipslot {
+	struct ipslot *next;
+	char key[64];
+	unsigned active;
+	struct job *head, *tail;
+};
+
+struct dom {
+	struct check_engine *e;
+	struct dom *prev, *next;
+	struct check_result *r;
+	check_cb cb;
+	void *arg;
+	int policy_id, dns_id;
+	bool policy_pending, dns_pending;
+	struct job *jobs;
+	size_t n_jobs, jobs_left;
+	struct timespec start;
+	const struct config_domain *cfgdom;
+};
+
+struct check_engine {
+	struct event_base *base;
+	const struct config *cfg;
+	struct check_opts o;
+	struct dns_ctx *dns;
+	struct policy_ctx *policy;
+	SSL_CTX *tls;
+	struct ipslot *ips[IP_BUCKETS];
+	struct dom *all;
+};
+
+/* ---- results ---- */
+
+void check_result_free(struct check_result **rp)
+{
+	struct check_result *r = *rp;
+
+	if (r == NULL)
+		return;
+	free(r->plan_json);
+	for (size_t i = 0; i < r->n_sts_mx; i++)
+		free(r->sts_mx[i]);
+	free(r->sts_mx);
+	for (size_t i = 0; i < r->n_mx; i++) {
+		struct check_mx *m = &r->mx[i];
+		for (size_t k = 0; k < m->n_tlsa; k++) {
+			free(m->tlsa[k]);
+			free(m->tlsa_rr[k].data);
+		}
+		free(m->tlsa);
+		free(m->tlsa_rr);
+		free(m->addrs);
+	}
+	free(r->mx);
+	for (size_t i = 0; i < r->n_reasons; i++)
+		free(r->reasons[i]);
+	free(r->reasons);
+	free(r);
+	*rp = NULL;
+}
+
+/* ---- per-IP slots ---- */
+
+static unsigned hash(const char *s)
+{
+	unsigned h = 5381;
+	for (; *s; s++)
+		h = h * 33 + (unsigned char)*s;
+	return h % IP_BUCKETS;
+}
+
+static struct ipslot *slot_get(struct check_engine *e, const char *ip, uint16_t port)
+{
+	char key[64];
+	snprintf(key, sizeof(key), "%s:%u", ip, (unsigned)port);
+	unsigned h = hash(key);
+	for (struct ipslot *s = e->ips[h]; s; s = s->next)
+		if (!strcmp(s->key, key))
+			return s;
+	struct ipslot *s = xcalloc(1, sizeof(*s));
+	snprintf(s->key, sizeof(s->key), "%s", key);
+	s->next = e->ips[h];
+	e->ips[h] = s;
+	return s;
+}
+
+static void job_run(struct job *j);
+static void job_next(struct job *j);
+
+static void slot_release(struct check_engine *e, struct job *j)
+{
+	struct ipslot *s = j->slot;
+
+	if (s == NULL)
+		return;
+	j->slot = NULL;
+	if (s->active > 0)
+		s->active--;
+	while (s->head != NULL && s->active < e->o.per_ip) {
+		struct job *w = s->head;
+		s->head = w->wait_next;
+		if (s->head == NULL)
+			s->tail = NULL;
+		w->wait_next = NULL;
+		w->waiting = false;
+		w->slot = s;
+		s->active++;
+		job_run(w);
+	}
+}
+
+static void slot_unwait(struct job *j)
+{
+	struct ipslot *s = j->slot;
+	struct job **pp;
+
+	if (!j->waiting || s == NULL)
+		return;
+	for (pp = &s->head; *pp; pp = &(*pp)->wait_next)
+		if (*pp == j) {
+			*pp = j->wait_next;
+			break;
+		}
+	s->tail = NULL;
+	for (struct job *w = s->head; w; w = w->wait_next)
+		s->tail = w;
+	j->waiting = false;
+	j->slot = NULL;
+}
+
+/* ---- domains ---- */
+
+static void dom_free(struct dom *d)
+{
+	struct check_engine *e = d->e;
+
+	for (size_t i = 0; i < d->n_jobs; i++) {
+		struct job *j = &d->jobs[i];
+		check_probe_free(&j->probe);
+		if (j->waiting)
+			slot_unwait(j);
+		else if (j->slot && j->running)
+			slot_release(e, j);
+		free(j->tlsa);
+	}
+	free(d->jobs);
+	if (d->policy_pending)
+		policy_cancel(e->policy, d->policy_id);
+	if (d->dns_pending)
+		dns_cancel(e->dns, d->dns_id);
+	if (d->prev)
+		d->prev->next = d->next;
+	else if (e->all == d)
+		e->all = d->next;
+	if (d->next)
+		d->next->prev = d->prev;
+	check_result_free(&d->r);
+	free(d);
+}
+
+static void dom_maybe_done(struct dom *d)
+{
+	struct timespec now;
+
+	if (d->policy_pending || d->dns_pending || d->jobs_left > 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	d->r->elapsed_ms = (now.tv_sec - d->start.tv_sec) * 1000 +
+	                   (now.tv_nsec - d->start.tv_nsec) / 1000000;
+	check_verdict(d->r);
+	struct check_result *r = d->r;
+	check_cb cb = d->cb;
+	void *arg = d->arg;
+	d->r = NULL;
+	dom_free(d);
+	cb(arg, r);
+}
+
+static void probe_done(void *arg)
+{
+	struct job *j = arg;
+
+	check_probe_free(&j->probe);
+	job_next(j);
+}
+
+/* job_next - the step after the one that finished */
+static void job_next(struct job *j)
+{
+	struct dom *d = j->dom;
+	struct check_mx *m = &d->r->mx[j->mx_i];
+	struct check_addr *a = &m->addrs[j->addr_i];
+
+	switch (j->step) {
+	case STEP_TLS:
+		if (!a->tls.connected) {
+			/* nothing listens: the other probes would only wait as long */
+			a->enforce = CHECK_ENFORCE_ERROR;
+			snprintf(a->enforce_error, sizeof(a->enforce_error), "not run: %s",
+			         a->tls.error[0] ? a->tls.error : "no connection");
+			j->step = STEP_DONE;
+		} else {
+			j->step = m->method == POLICY_DANE && m->n_tlsa ? STEP_PKIX : STEP_ENFORCE;
+		}
+		break;
+	case STEP_PKIX:
+		j->step = STEP_ENFORCE;
+		break;
+	case STEP_ENFORCE:
+	case STEP_DONE:
+		j->step = STEP_DONE;
+		break;
+	}
+	if (j->step != STEP_DONE) {
+		job_run(j);
+		return;
+	}
+	j->running = false;
+	slot_release(d->e, j);
+	d->jobs_left--;
+	dom_maybe_done(d);
+}
+
+static void job_run(struct job *j)
+{
+	struct dom *d = j->dom;
+	struct check_engine *e = d->e;
+	struct check_mx *m = &d->r->mx[j->mx_i];
+	struct check_addr *a = &m->addrs[j->addr_i];
+	struct sockaddr_storage ss;
+	struct check_probe_params pp = {
+	    .base = e->base,
+	    .tls = e->tls,
+	    .helo = e->cfg->helo_name ? e->cfg->helo_name : "localhost",
+	    .host = m->host,
+	    .tlsa_base = m->tlsa_base,
+	    .verify_required = m->method != POLICY_ENCRYPT_ONLY,
+	    .addr = &ss,
+	    .timeout = e->o.timeout,
+	};
+
+	j->running = true;
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET6, a->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons(a->port);
+	} else {
+		inet_pton(AF_INET, a->ip, &((struct sockaddr_in *)&ss)->sin_addr);
+		ss.ss_family = AF_INET;
+		((struct sockaddr_in *)&ss)->sin_port = htons(a->port);
+	}
+	if (d->cfgdom && d->cfgdom->match.n) {
+		pp.extra_names = (const char *const *)d->cfgdom->match.v;
+		pp.n_extra = d->cfgdom->match.n;
+	}
+	switch (j->step) {
+	case STEP_TLS:
+		pp.dane = m->method == POLICY_DANE && m->n_tlsa > 0;
+		pp.tlsa = j->tlsa;
+		pp.n_tlsa = m->n_tlsa;
+		j->probe = check_probe_tls(&pp, &a->tls, probe_done, j);
+		break;
+	case STEP_PKIX:
+		j->probe = check_probe_tls(&pp, &a->pkix, probe_done, j);
+		break;
+	case STEP_ENFORCE:
+		j->probe = check_probe_enforce(&pp, a, probe_done, j);
+		break;
+	case STEP_DONE:
+		break;
+	}
+}
+
+static void job_start(struct job *j)
+{
+	struct check_engine *e = j->dom->e;
+	struct check_addr *a = &j->dom->r->mx[j->mx_i].addrs[j->addr_i];
+	struct ipslot *s = slot_get(e, a->ip, a->port);
+
+	j->slot = s;
+	if (s->active < e->o.per_ip) {
+		s->active++;
+		job_run(j);
+		return;
+	}
+	j->waiting = true;
+	if (s->tail)
+		s->tail->wait_next = j;
+	else
+		s->head = j;
+	s->tail = j;
+}
+
+static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t len, uint16_t *port)
+{
+	const void *a = ss->ss_family == AF_INET6
+	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+	*port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+	                                        : ((const struct sockaddr_in *)ss)->sin_port);
+	if (inet_ntop(ss->ss_family, a, buf, (socklen_t)len) == NULL)
+		snprintf(buf, len, "?");
+}
+
+static char *tlsa_text(const struct policy_tlsa *t)
+{
+	char *s = xmalloc(16 + 2 * t->len);
+	size_t o = (size_t)sprintf(s, "%u %u %u ", t->usage, t->selector, t->mtype);
+
+	for (size_t i = 0; i < t->len; i++)
+		o += (size_t)sprintf(s + o, "%02x", t->data[i]);
+	return s;
+}
+
+static void plan_cb(void *arg, const struct policy_plan *plan)
+{
+	struct dom *d = arg;
+	struct check_result *r = d->r;
+	struct check_engine *e = d->e;
+
+	d->policy_pending = false;
+	r->status = plan->status;
+	snprintf(r->reason, sizeof(r->reason), "%s", plan->reason);
+	r->mx_sec = plan->mx_sec;
+	r->plan_json = policy_plan_json(plan);
+	r->sts_txt = plan->sts.txt_present;
+	r->sts_valid = plan->sts.policy_valid;
+	snprintf(r->sts_id, sizeof(r->sts_id), "%s", plan->sts.id);
+	snprintf(r->sts_mode, sizeof(r->sts_mode), "%s", plan->sts.mode);
+	snprintf(r->sts_error, sizeof(r->sts_error), "%s", plan->sts.error);
+	if (plan->sts.n_mx_patterns) {
+		r->sts_mx = xcalloc(plan->sts.n_mx_patterns, sizeof(char *));
+		for (size_t i = 0; i < plan->sts.n_mx_patterns; i++)
+			r->sts_mx[i] = xstrdup(plan->sts.mx_patterns[i]);
+		r->n_sts_mx = plan->sts.n_mx_patterns;
+	}
+	size_t n_jobs = 0;
+	if (plan->status == POLICY_OK && plan->n_mx > 0) {
+		r->mx = xcalloc(plan->n_mx, sizeof(*r->mx));
+		r->n_mx = plan->n_mx;
+	}
+	for (size_t i = 0; i < r->n_mx; i++) {
+		const struct policy_mx *pm = &plan->mx[i];
+		struct check_mx *m = &r->mx[i];
+		snprintf(m->host, sizeof(m->host), "%s", pm->host);
+		snprintf(m->tlsa_base, sizeof(m->tlsa_base), "%s",
+		         pm->tlsa_base[0] ? pm->tlsa_base : pm->host);
+		m->pref = pm->pref;
+		m->method = pm->method;
+		snprintf(m->why, sizeof(m->why), "%s", pm->why);
+		m->n_tlsa = pm->n_tlsa;
+		m->tlsa = xcalloc(pm->n_tlsa + 1, sizeof(char *));
+		m->tlsa_rr = xcalloc(pm->n_tlsa + 1, sizeof(*m->tlsa_rr));
+		for (size_t k = 0; k < pm->n_tlsa; k++) {
+			m->tlsa_rr[k] = pm->tlsa[k];
+			m->tlsa_rr[k].data = xmalloc(pm->tlsa[k].len + 1);
+			memcpy(m->tlsa_rr[k].data, pm->tlsa[k].data, pm->tlsa[k].len);
+			m->tlsa[k] = tlsa_text(&pm->tlsa[k]);
+		}
+		if (m->method == POLICY_DANE)
+			check_rollover(m->tlsa_rr, m->n_tlsa, m->rollover, sizeof(m->rollover));
+		m->sts_match = -1;
+		if (plan->sts.policy_valid) {
+			m->sts_match = 0;
+			for (size_t k = 0; k < plan->sts.n_mx_patterns; k++)
+				if (mtasts_mx_match(plan->sts.mx_patterns[k], m->host))
+					m->sts_match = 1;
+		}
+		m->n_addrs = pm->n_addrs;
+		m->addrs = xcalloc(pm->n_addrs + 1, sizeof(*m->addrs));
+		for (size_t k = 0; k < pm->n_addrs; k++) {
+			struct check_addr *a = &m->addrs[k];
+			addr_text(&pm->addrs[k], a->ip, sizeof(a->ip), &a->port);
+			if (e->o.port)
+				a->port = e->o.port;
+			a->tls.starttls = a->pkix.starttls = -1;
+			a->tls.verify = a->pkix.verify = -1;
+		}
+		n_jobs += pm->n_addrs;
+	}
+	d->jobs = xcalloc(n_jobs + 1, sizeof(*d->jobs));
+	d->n_jobs = d->jobs_left = n_jobs;
+	size_t ji = 0;
+	for (size_t i = 0; i < r->n_mx; i++) {
+		struct check_mx *m = &r->mx[i];
+		for (size_t k = 0; k < m->n_addrs; k++) {
+			struct job *j = &d->jobs[ji++];
+			j->dom = d;
+			j->mx_i = i;
+			j->addr_i = k;
+			j->step = STEP_TLS;
+			j->tlsa = xcalloc(m->n_tlsa + 1, sizeof(*j->tlsa));
+			for (size_t t = 0; t < m->n_tlsa; t++)
+				j->tlsa[t] = (struct tls_tlsa){.usage = m->tlsa_rr[t].usage,
+				                               .selector = m->tlsa_rr[t].selector,
+				                               .mtype = m->tlsa_rr[t].mtype,
+				                               .data = m->tlsa_rr[t].data,
+				                               .len = m->tlsa_rr[t].len};
+		}
+	}
+	for (size_t i = 0; i < n_jobs; i++)
+		job_start(&d->jobs[i]);
+	dom_maybe_done(d);
+}
+
+static void tlsrpt_cb(void *arg, const struct dns_result *res)
+{
+	struct dom *d = arg;
+	struct check_tlsrpt *t = &d->r->tlsrpt;
+
+	d->dns_pending = false;
+	if (res->status == DNS_OK) {
+		size_t n = res->answer.n_rrs;
+		const char **txt = xcalloc(n + 1, sizeof(char *));
+		size_t *len = xcalloc(n + 1, sizeof(size_t));
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (res->answer.rrs[i].type != DNS_T_TXT)
+				continue;
+			txt[m] = res->answer.rrs[i].txt.text;
+			len[m++] = res->answer.rrs[i].txt.len;
+		}
+		check_tlsrpt_parse(txt, len, m, t);
+		free(txt);
+		free(len);
+	} else if (res->status == DNS_NODATA || res->status == DNS_NXDOMAIN) {
+		memset(t, 0, sizeof(*t));
+		t->status = CHECK_TLSRPT_NONE;
+		snprintf(t->error, sizeof(t->error), "no TXT record at %s", res->name);
+	} else {
+		memset(t, 0, sizeof(*t));
+		t->status = CHECK_TLSRPT_ERROR;
+		snprintf(t->error, sizeof(t->error), "DNS lookup of %s TXT failed: %s", res->name,
+		         res->status == DNS_BOGUS ? "bogus (DNSSEC validation failed)"
+		         : res->error             ? res->error
+		                                  : dns_status_name(res->status));
+	}
+	dom_maybe_done(d);
+}
+
+int check_start(struct check_engine *e, const char *domain, check_cb cb, void *arg)
+{
+	struct dom *d = xcalloc(1, sizeof(*d));
+	char name[300];
+	size_t n = strlen(domain);
+
+	if (n == 0 || n > 253) {
+		free(d);
+		return -1;
+	}
+	d->e = e;
+	d->cb = cb;
+	d->arg = arg;
+	d->r = xcalloc(1, sizeof(*d->r));
+	snprintf(d->r->domain, sizeof(d->r->domain), "%s", domain);
+	if (n > 0 && d->r->domain[n - 1] == '.')
+		d->r->domain[n - 1] = '\0';
+	for (char *p = d->r->domain; *p; p++)
+		if (*p >= 'A' && *p <= 'Z')
+			*p = (char)(*p - 'A' + 'a');
+	d->cfgdom = config_domain_find(e->cfg, d->r->domain);
+	clock_gettime(CLOCK_MONOTONIC, &d->start);
+	d->policy_pending = true;
+	if (policy_plan_domain(e->policy, d->r->domain, plan_cb, d, &d->policy_id) < 0) {
+		check_result_free(&d->r);
+		free(d);
+		return -1;
+	}
+	d->next = e->all;
+	if (e->all)
+		e->all->prev = d;
+	e->all = d;
+	snprintf(name, sizeof(name), "_smtp._tls.%s", d->r->domain);
+	d->dns_pending = true;
+	if (dns_query(e->dns, name, DNS_T_TXT, tlsrpt_cb, d, &d->dns_id) < 0) {
+		d->dns_pending = false;
+		d->r->tlsrpt.status = CHECK_TLSRPT_ERROR;
+		snprintf(d->r->tlsrpt.error, sizeof(d->r->tlsrpt.error),
+		         "cannot look up %.200s", name);
+	}
+	return 0;
+}
+
+struct check_engine *check_engine_new(struct event_base *base, const struct config *c,
+                                      const struct check_opts *o, char *err, size_t errlen)
+{
+	struct check_engine *e = xcalloc(1, sizeof(*e));
+
+	e->base = base;
+	e->cfg = c;
+	e->o = *o;
+	if (e->o.timeout == 0)
+		e->o.timeout = 10;
+	if (e->o.per_ip == 0)
+		e->o.per_ip = 1;
+	e->tls = tls_client_ctx_new(c, err, errlen);
+	if (e->tls == NULL)
+		goto fail;
+	e->dns = dns_new(base, c, err, errlen);
+	if (e->dns == NULL)
+		goto fail;
+	dns_set_timeout(e->dns, e->o.timeout * 1000);
+	e->policy = policy_new(base, c, e->dns, err, errlen);
+	if (e->policy == NULL)
+		goto fail;
+	return e;
+fail:
+	check_engine_free(&e);
+	return NULL;
+}
+
+void check_engine_free(struct check_engine **ep)
+{
+	struct check_engine *e = *ep;
+
+	if (e == NULL)
+		return;
+	while (e->all)
+		dom_free(e->all);
+	policy_free(&e->policy);
+	dns_free(&e->dns);
+	if (e->tls)
+		SSL_CTX_free(e->tls);
+	for (size_t i = 0; i < IP_BUCKETS; i++)
+		while (e->ips[i]) {
+			struct ipslot *s = e->ips[i];
+			e->ips[i] = s->next;
+			free(s);
+		}
+	free(e);
+	*ep = NULL;
+}

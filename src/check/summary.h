@@ -1,0 +1,52 @@
+/*
+ * check/summary - figures over many domains' check results (the JSON lines
+ * of `strictmx scan`, so that a resumed scan counts the earlier lines too),
+ * the HTML report and Postfix smtp_tls_policy_maps lines. Pure: JSON in,
+ * text out; unit-tested.
+ */
+#ifndef STRICTMX_CHECK_SUMMARY_H
+#define STRICTMX_CHECK_SUMMARY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+struct check_count {
+	char *name;
+	size_t n;
+};
+
+struct check_summary {
+	size_t total;   /* domains */
+	size_t not_run; /* exit 2: DNS failure, no such domain */
+	size_t has_mx, starttls_all, enforce_all, pkix_all, dane_all, sts_enforce;
+	size_t verify_all, would_deliver, citable;
+	struct check_count *versions; /* domains per TLS version seen */
+	size_t n_versions;
+	struct check_count *reasons; /* domains per failure class */
+	size_t n_reasons;
+};
+
+void check_summary_init(struct check_summary *s);
+void check_summary_free(struct check_summary *s);
+/* check_summary_add - count one domain (an object of check_result_json) */
+void check_summary_add(struct check_summary *s, const json_t *dom);
+/* check_summary_sort - counts in descending order (call before printing) */
+void check_summary_sort(struct check_summary *s);
+void check_summary_print(const struct check_summary *s, FILE *f);
+/* check_summary_json - {"domains": N, "has_mx": N, ..., "tls_versions": {...}, "reasons": [...]} */
+json_t *check_summary_json(const struct check_summary *s);
+
+/* check_html_write - one self-contained HTML page: inline SVG charts, sortable table */
+void check_html_write(FILE *f, const struct check_summary *s, json_t *const *doms, size_t n);
+
+/*
+ * check_postfix_policy - the smtp_tls_policy_maps line for a domain whose
+ * every MX verified: "example.org dane-only" when every MX verified by DANE,
+ * "example.org secure match=mx1.example.org:mx2.example.org" when every MX
+ * is PKIX-valid. false (nothing written) otherwise.
+ */
+bool check_postfix_policy(const json_t *dom, char *buf, size_t len);
+
+#endif

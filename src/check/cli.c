@@ -59,20 +59,23 @@ static struct timeval run_deadline(unsigned timeout, size_t n_domains, unsigned 
 
 /* ---- check ---- */
 
+struct check_slot {
+	struct check_run *run;
+	struct check_result *r;
+};
+
 struct check_run {
 	struct event_base *base;
-	struct check_result **res;
-	size_t n, done;
+	size_t pending;
 };
 
 static void check_done(void *arg, struct check_result *r)
 {
-	struct check_result **slot = arg;
-	struct check_run *run = NULL;
+	struct check_slot *slot = arg;
 
-	*slot = r;
-	/* the run is found through the slot's neighbours: keep it simple, count globally */
-	(void)run;
+	slot->r = r;
+	if (--slot->run->pending == 0)
+		event_base_loopexit(slot->run->base, NULL);
 }
 
 int check_cli(const struct config *c, int argc, char **argv)
@@ -92,15 +95,15 @@ int check_cli(const struct config *c, int argc, char **argv)
 		} else if (!strcmp(a, "--no-color")) {
 			color = false;
 		} else if (!strcmp(a, "--port")) {
-			if (num_arg("check", a, argv[++i < argc ? i : argc - 1 + 1 - 1 + 0], 1, 65535,
-			            &v) < 0 ||
-			    i >= argc)
+			if (num_arg("check", a, i + 1 < argc ? argv[i + 1] : NULL, 1, 65535, &v) < 0)
 				goto bad;
 			o.port = (uint16_t)v;
+			i++;
 		} else if (!strcmp(a, "--timeout")) {
-			if (i + 1 >= argc || num_arg("check", a, argv[++i], 1, 3600, &v) < 0)
+			if (num_arg("check", a, i + 1 < argc ? argv[i + 1] : NULL, 1, 3600, &v) < 0)
 				goto bad;
 			o.timeout = (unsigned)v;
+			i++;
 		} else if (a[0] == '-') {
 			fprintf(stderr, "strictmx: check: unknown option '%s'\n", a);
 			goto bad;
@@ -129,49 +132,56 @@ int check_cli(const struct config *c, int argc, char **argv)
 		free(domains);
 		return 2;
 	}
-	struct check_result **res = xcalloc(n, sizeof(*res));
+	struct check_run run = {.base = base};
+	struct check_slot *slots = xcalloc(n, sizeof(*slots));
 	bool *started = xcalloc(n, sizeof(*started));
 	for (size_t i = 0; i < n; i++) {
-		if (check_start(e, domains[i], check_done, &res[i]) < 0)
+		slots[i].run = &run;
+		if (check_start(e, domains[i], check_done, &slots[i]) < 0) {
 			fprintf(stderr, "strictmx: check: '%s' is not a valid domain name\n",
 			        domains[i]);
-		else
+		} else {
 			started[i] = true;
+			run.pending++;
+		}
 	}
 	struct timeval deadline = run_deadline(o.timeout, n, (unsigned)n);
-	event_base_loopexit(base, &deadline);
-	event_base_dispatch(base);
+	if (run.pending > 0) {
+		event_base_loopexit(base, &deadline);
+		event_base_dispatch(base);
+	}
 	for (size_t i = 0; i < n; i++) {
+		struct check_result **res = &slots[i].r;
 		if (!started[i]) {
 			rc = 2;
 			continue;
 		}
-		if (res[i] == NULL) {
+		if (*res == NULL) {
 			fprintf(stderr, "strictmx: check: %s: no result within %ld s\n", domains[i],
 			        (long)deadline.tv_sec);
 			rc = 2;
 			continue;
 		}
 		if (json) {
-			char *s = check_result_json(res[i]);
+			char *s = check_result_json(*res);
 			printf("%s\n", s);
 			free(s);
 		} else {
 			if (i > 0)
 				printf("\n");
-			check_result_print(res[i], stdout, color);
+			check_result_print(*res, stdout, color);
 		}
-		if (res[i]->exit_code == 2)
+		if ((*res)->exit_code == 2)
 			fprintf(stderr, "strictmx: check: %s: the check could not run: %s\n",
-			        res[i]->domain, res[i]->reason);
-		if (res[i]->exit_code > rc)
-			rc = res[i]->exit_code;
-		check_result_free(&res[i]);
+			        (*res)->domain, (*res)->reason);
+		if ((*res)->exit_code > rc)
+			rc = (*res)->exit_code;
+		check_result_free(res);
 	}
 	fflush(stdout);
 	check_engine_free(&e);
 	event_base_free(base);
-	free(res);
+	free(slots);
 	free(started);
 	free(domains);
 	return rc;

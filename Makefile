@@ -5,7 +5,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_TIME  ?= 60
 CMAKE_GEN   = -G Ninja
 
-.PHONY: all build run test unit fuzz fuzz-regress bench format format-check clean deps deps-test
+.PHONY: all build run test unit fuzz fuzz-regress bench format format-check clean deps deps-test memcheck
 
 all: build
 
@@ -47,6 +47,25 @@ format:
 
 format-check:
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+# strictmxd vs Postfix on loopback, tables into docs/BENCHMARKS.md (a few minutes;
+# settings in bench/bench.py). BENCH_BUILD_ONLY=1 only builds.
+bench:
+	BUILD=$(BUILD) bench/run.sh
+
+# Valgrind memcheck: a non-sanitized debug build, and integration tests whose daemon runs
+# under valgrind (smxtest.py honours STRICTMXD_WRAPPER); a valgrind error exits 99, which
+# the tests report as a bad daemon exit code. MEMCHECK_TESTS: a ctest -R regex.
+MEMCHECK_BUILD ?= build-memcheck
+MEMCHECK_TESTS ?= swaks|injection|smuggling|queue
+memcheck: deps-test
+	cmake -S . -B $(MEMCHECK_BUILD) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Debug -DSTRICTMX_SANITIZE=OFF
+	cmake --build $(MEMCHECK_BUILD)
+	printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full --track-fds=no -q "$$@"\n' \
+		> $(MEMCHECK_BUILD)/valgrind-strictmxd
+	chmod +x $(MEMCHECK_BUILD)/valgrind-strictmxd
+	cd $(MEMCHECK_BUILD) && STRICTMXD_WRAPPER=$(CURDIR)/$(MEMCHECK_BUILD)/valgrind-strictmxd \
+		ctest --output-on-failure --timeout 1800 -L integration -R '$(MEMCHECK_TESTS)' $(CTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD) $(FUZZ_BUILD)

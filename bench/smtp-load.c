@@ -95,24 +95,23 @@ static struct {
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: smtp-load --host ADDR --port PORT [options]\n"
-	        "  --connections N   concurrent connections (16)\n"
-	        "  --messages M      messages per connection (1); 0 = handshake only\n"
-	        "  --size S          message size in bytes, headers included (4096)\n"
-	        "  --duration D      run D seconds (10)  | --total T  stop after T messages\n"
-	        "  --max-time S      hard bound for --total runs (300)\n"
-	        "  --cafile FILE     verify the server certificate against FILE ...\n"
-	        "  --servername NAME ... and its name (also sent as SNI)\n"
-	        "  --tls13 | --tls12 only that TLS version (default: 1.2 or 1.3)\n"
-	        "  --from A --rcpt A --helo NAME\n"
-	        "  --timeout S       per reply / handshake (30)\n"
-	        "  --threads T       event loops (1)\n"
-	        "  --direct-tls      TLS handshake right after connect, no SMTP\n"
-	        "  --idle SECS       hold N sessions after the 2nd EHLO for SECS, print READY\n"
-	        "  --max-connecting K  connections in setup at once (256)\n"
-	        "  --bind-prefix P --bind-n K  source addresses P1..PK (e.g. 127.0.1. 8)\n"
-	        "  --quiet           only the JSON line\n");
+	fprintf(f, "usage: smtp-load --host ADDR --port PORT [options]\n"
+	           "  --connections N   concurrent connections (16)\n"
+	           "  --messages M      messages per connection (1); 0 = handshake only\n"
+	           "  --size S          message size in bytes, headers included (4096)\n"
+	           "  --duration D      run D seconds (10)  | --total T  stop after T messages\n"
+	           "  --max-time S      hard bound for --total runs (300)\n"
+	           "  --cafile FILE     verify the server certificate against FILE ...\n"
+	           "  --servername NAME ... and its name (also sent as SNI)\n"
+	           "  --tls13 | --tls12 only that TLS version (default: 1.2 or 1.3)\n"
+	           "  --from A --rcpt A --helo NAME\n"
+	           "  --timeout S       per reply / handshake (30)\n"
+	           "  --threads T       event loops (1)\n"
+	           "  --direct-tls      TLS handshake right after connect, no SMTP\n"
+	           "  --idle SECS       hold N sessions after the 2nd EHLO for SECS, print READY\n"
+	           "  --max-connecting K  connections in setup at once (256)\n"
+	           "  --bind-prefix P --bind-n K  source addresses P1..PK (e.g. 127.0.1. 8)\n"
+	           "  --quiet           only the JSON line\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -137,7 +136,7 @@ struct stats {
 	long messages_all; /* including after the window */
 	long handshakes;
 	long handshakes_win; /* completed within the --duration window */
-	long connections; /* completed with QUIT/221 */
+	long connections;    /* completed with QUIT/221 */
 	long errors;
 	long rejected; /* non-2xx/3xx replies (subset of errors) */
 	float *lat;    /* ms */
@@ -235,7 +234,8 @@ static void build_body(void)
 	                 "Message-ID: <smtp-load@client.bench.test>\r\n\r\n",
 	                 opt.from, opt.rcpt);
 	size_t len = (size_t)n;
-	static const char alpha[] = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-+";
+	static const char alpha[] =
+	    "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-+";
 	size_t k = 0;
 	while (len + 2 < want) {
 		size_t line = want - len - 2;
@@ -824,63 +824,129 @@ static double pct(const float *v, size_t n, double p)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CA = 1000, OPT_SN, OPT_T13, OPT_T12, OPT_FROM, OPT_RCPT, OPT_HELO, OPT_TIMEOUT, OPT_THREADS,
-	       OPT_DIRECT, OPT_IDLE, OPT_MAXC, OPT_BP, OPT_BN, OPT_QUIET, OPT_MAXT };
-	static const struct option lo[] = {
-	    {"host", required_argument, 0, 'h'},
-	    {"port", required_argument, 0, 'p'},
-	    {"connections", required_argument, 0, 'c'},
-	    {"messages", required_argument, 0, 'm'},
-	    {"size", required_argument, 0, 's'},
-	    {"duration", required_argument, 0, 'd'},
-	    {"total", required_argument, 0, 't'},
-	    {"max-time", required_argument, 0, OPT_MAXT},
-	    {"cafile", required_argument, 0, OPT_CA},
-	    {"servername", required_argument, 0, OPT_SN},
-	    {"tls13", no_argument, 0, OPT_T13},
-	    {"tls12", no_argument, 0, OPT_T12},
-	    {"from", required_argument, 0, OPT_FROM},
-	    {"rcpt", required_argument, 0, OPT_RCPT},
-	    {"helo", required_argument, 0, OPT_HELO},
-	    {"timeout", required_argument, 0, OPT_TIMEOUT},
-	    {"threads", required_argument, 0, OPT_THREADS},
-	    {"direct-tls", no_argument, 0, OPT_DIRECT},
-	    {"idle", required_argument, 0, OPT_IDLE},
-	    {"max-connecting", required_argument, 0, OPT_MAXC},
-	    {"bind-prefix", required_argument, 0, OPT_BP},
-	    {"bind-n", required_argument, 0, OPT_BN},
-	    {"quiet", no_argument, 0, OPT_QUIET},
-	    {"help", no_argument, 0, 'H'},
-	    {0, 0, 0, 0}};
+	enum {
+		OPT_CA = 1000,
+		OPT_SN,
+		OPT_T13,
+		OPT_T12,
+		OPT_FROM,
+		OPT_RCPT,
+		OPT_HELO,
+		OPT_TIMEOUT,
+		OPT_THREADS,
+		OPT_DIRECT,
+		OPT_IDLE,
+		OPT_MAXC,
+		OPT_BP,
+		OPT_BN,
+		OPT_QUIET,
+		OPT_MAXT
+	};
+	static const struct option lo[] = {{"host", required_argument, 0, 'h'},
+	                                   {"port", required_argument, 0, 'p'},
+	                                   {"connections", required_argument, 0, 'c'},
+	                                   {"messages", required_argument, 0, 'm'},
+	                                   {"size", required_argument, 0, 's'},
+	                                   {"duration", required_argument, 0, 'd'},
+	                                   {"total", required_argument, 0, 't'},
+	                                   {"max-time", required_argument, 0, OPT_MAXT},
+	                                   {"cafile", required_argument, 0, OPT_CA},
+	                                   {"servername", required_argument, 0, OPT_SN},
+	                                   {"tls13", no_argument, 0, OPT_T13},
+	                                   {"tls12", no_argument, 0, OPT_T12},
+	                                   {"from", required_argument, 0, OPT_FROM},
+	                                   {"rcpt", required_argument, 0, OPT_RCPT},
+	                                   {"helo", required_argument, 0, OPT_HELO},
+	                                   {"timeout", required_argument, 0, OPT_TIMEOUT},
+	                                   {"threads", required_argument, 0, OPT_THREADS},
+	                                   {"direct-tls", no_argument, 0, OPT_DIRECT},
+	                                   {"idle", required_argument, 0, OPT_IDLE},
+	                                   {"max-connecting", required_argument, 0, OPT_MAXC},
+	                                   {"bind-prefix", required_argument, 0, OPT_BP},
+	                                   {"bind-n", required_argument, 0, OPT_BN},
+	                                   {"quiet", no_argument, 0, OPT_QUIET},
+	                                   {"help", no_argument, 0, 'H'},
+	                                   {0, 0, 0, 0}};
 	bool have_duration = false;
 	int o;
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (o) {
-		case 'h': opt.host = optarg; break;
-		case 'p': opt.port = atoi(optarg); break;
-		case 'c': opt.connections = atoi(optarg); break;
-		case 'm': opt.messages = atol(optarg); break;
-		case 's': opt.size = atol(optarg); break;
-		case 'd': opt.duration = atof(optarg); have_duration = true; break;
-		case 't': opt.total = atol(optarg); break;
-		case OPT_MAXT: opt.max_time = atof(optarg); break;
-		case OPT_CA: opt.cafile = optarg; break;
-		case OPT_SN: opt.servername = optarg; break;
-		case OPT_T13: opt.tls_version = 13; break;
-		case OPT_T12: opt.tls_version = 12; break;
-		case OPT_FROM: opt.from = optarg; break;
-		case OPT_RCPT: opt.rcpt = optarg; break;
-		case OPT_HELO: opt.helo = optarg; break;
-		case OPT_TIMEOUT: opt.timeout = atof(optarg); break;
-		case OPT_THREADS: opt.threads = atoi(optarg); break;
-		case OPT_DIRECT: opt.direct_tls = true; break;
-		case OPT_IDLE: opt.idle = atof(optarg); break;
-		case OPT_MAXC: opt.max_connecting = atoi(optarg); break;
-		case OPT_BP: opt.bind_prefix = optarg; break;
-		case OPT_BN: opt.bind_n = atoi(optarg); break;
-		case OPT_QUIET: opt.quiet = true; break;
-		case 'H': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'h':
+			opt.host = optarg;
+			break;
+		case 'p':
+			opt.port = atoi(optarg);
+			break;
+		case 'c':
+			opt.connections = atoi(optarg);
+			break;
+		case 'm':
+			opt.messages = atol(optarg);
+			break;
+		case 's':
+			opt.size = atol(optarg);
+			break;
+		case 'd':
+			opt.duration = atof(optarg);
+			have_duration = true;
+			break;
+		case 't':
+			opt.total = atol(optarg);
+			break;
+		case OPT_MAXT:
+			opt.max_time = atof(optarg);
+			break;
+		case OPT_CA:
+			opt.cafile = optarg;
+			break;
+		case OPT_SN:
+			opt.servername = optarg;
+			break;
+		case OPT_T13:
+			opt.tls_version = 13;
+			break;
+		case OPT_T12:
+			opt.tls_version = 12;
+			break;
+		case OPT_FROM:
+			opt.from = optarg;
+			break;
+		case OPT_RCPT:
+			opt.rcpt = optarg;
+			break;
+		case OPT_HELO:
+			opt.helo = optarg;
+			break;
+		case OPT_TIMEOUT:
+			opt.timeout = atof(optarg);
+			break;
+		case OPT_THREADS:
+			opt.threads = atoi(optarg);
+			break;
+		case OPT_DIRECT:
+			opt.direct_tls = true;
+			break;
+		case OPT_IDLE:
+			opt.idle = atof(optarg);
+			break;
+		case OPT_MAXC:
+			opt.max_connecting = atoi(optarg);
+			break;
+		case OPT_BP:
+			opt.bind_prefix = optarg;
+			break;
+		case OPT_BN:
+			opt.bind_n = atoi(optarg);
+			break;
+		case OPT_QUIET:
+			opt.quiet = true;
+			break;
+		case 'H':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (optind != argc || opt.connections < 1 || opt.messages < 0 || opt.size < 16 ||
@@ -900,8 +966,9 @@ int main(int argc, char **argv)
 	/* file descriptors: one per connection plus a few */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)opt.connections + 64) {
-		rl.rlim_cur = rl.rlim_max < (rlim_t)opt.connections + 64 ? rl.rlim_max
-		                                                         : (rlim_t)opt.connections + 64;
+		rl.rlim_cur = rl.rlim_max < (rlim_t)opt.connections + 64
+		                  ? rl.rlim_max
+		                  : (rlim_t)opt.connections + 64;
 		setrlimit(RLIMIT_NOFILE, &rl);
 		if (rl.rlim_cur < (rlim_t)opt.connections + 16) {
 			fprintf(stderr, "smtp-load: fd limit %ju too low for %d connections\n",
@@ -937,7 +1004,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "smtp-load: warning: --cafile without --servername: "
 			                "chain verified, name not checked\n");
 	} else if (!opt.quiet) {
-		fprintf(stderr, "smtp-load: warning: no --cafile: the server certificate is not verified\n");
+		fprintf(
+		    stderr,
+		    "smtp-load: warning: no --cafile: the server certificate is not verified\n");
 	}
 
 	int nt = opt.threads;
@@ -965,7 +1034,8 @@ int main(int argc, char **argv)
 	}
 	if (opt.idle > 0) {
 		/* wait until every slot is ready or failed, then hold */
-		while (atomic_load(&idle_settled) < opt.connections && now_s() < t_start + opt.max_time)
+		while (atomic_load(&idle_settled) < opt.connections &&
+		       now_s() < t_start + opt.max_time)
 			usleep(20000);
 		double t_ready = now_s();
 		printf("READY %d %.3f\n", atomic_load(&idle_ready_count), t_ready - t_start);
@@ -1002,16 +1072,17 @@ int main(int argc, char **argv)
 	double p50 = pct(tot.lat, tot.n_lat, 0.50), p99 = pct(tot.lat, tot.n_lat, 0.99);
 	double mps = (double)tot.messages / elapsed;
 	/* handshakes/connections counted to the end of the run (not the window) */
-	double hps = (double)(opt.total > 0 || opt.idle > 0 ? tot.handshakes : tot.handshakes_win) /
-	             elapsed;
+	double hps =
+	    (double)(opt.total > 0 || opt.idle > 0 ? tot.handshakes : tot.handshakes_win) / elapsed;
 	const char *mode = opt.direct_tls ? "direct-tls" : opt.idle > 0 ? "idle" : "smtp";
 	if (!opt.quiet)
-		printf("smtp-load: %s %s:%d conns=%d msgs/conn=%ld size=%ld: %ld messages in %.2f s "
-		       "= %.1f msg/s; %ld TLS handshakes = %.1f/s; latency end-of-data->250 "
-		       "p50 %.2f ms p99 %.2f ms; errors %ld%s\n",
-		       mode, opt.host, opt.port, opt.connections, opt.messages, opt.size,
-		       tot.messages, elapsed, mps, tot.handshakes, hps, p50, p99, tot.errors,
-		       opt.idle > 0 ? "" : "");
+		printf(
+		    "smtp-load: %s %s:%d conns=%d msgs/conn=%ld size=%ld: %ld messages in %.2f s "
+		    "= %.1f msg/s; %ld TLS handshakes = %.1f/s; latency end-of-data->250 "
+		    "p50 %.2f ms p99 %.2f ms; errors %ld%s\n",
+		    mode, opt.host, opt.port, opt.connections, opt.messages, opt.size, tot.messages,
+		    elapsed, mps, tot.handshakes, hps, p50, p99, tot.errors,
+		    opt.idle > 0 ? "" : "");
 	printf("{\"tool\":\"smtp-load\",\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,"
 	       "\"connections\":%d,\"messages_per_conn\":%ld,\"size\":%ld,\"threads\":%d,"
 	       "\"tls\":\"%s\",\"verified\":%s,\"elapsed_s\":%.3f,\"messages\":%ld,"
@@ -1019,10 +1090,12 @@ int main(int argc, char **argv)
 	       "\"handshakes_per_s\":%.1f,\"sessions_completed\":%ld,\"p50_ms\":%.3f,"
 	       "\"p99_ms\":%.3f,\"errors\":%ld,\"rejected\":%ld,\"idle_ready\":%d}\n",
 	       mode, opt.host, opt.port, opt.connections, opt.messages, opt.size, nt,
-	       opt.tls_version == 13 ? "1.3" : opt.tls_version == 12 ? "1.2" : "any",
+	       opt.tls_version == 13   ? "1.3"
+	       : opt.tls_version == 12 ? "1.2"
+	                               : "any",
 	       opt.cafile ? "true" : "false", elapsed, tot.messages,
-	       tot.messages_all - tot.messages, mps, tot.handshakes, hps, tot.connections, p50,
-	       p99, tot.errors, tot.rejected, atomic_load(&idle_ready_count));
+	       tot.messages_all - tot.messages, mps, tot.handshakes, hps, tot.connections, p50, p99,
+	       tot.errors, tot.rejected, atomic_load(&idle_ready_count));
 	fflush(stdout);
 	SSL_CTX_free(ctx);
 	return tot.errors ? 1 : 0;

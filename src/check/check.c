@@ -238,7 +238,7 @@ static void job_next(struct job *j)
 		if (!a->tls.connected) {
 			/* nothing listens: the other probes would only wait as long */
 			a->enforce = CHECK_ENFORCE_ERROR;
-			snprintf(a->enforce_error, sizeof(a->enforce_error), "not run: %s",
+			snprintf(a->enforce_error, sizeof(a->enforce_error), "not run: %.280s",
 			         a->tls.error[0] ? a->tls.error : "no connection");
 			j->step = STEP_DONE;
 		} else {

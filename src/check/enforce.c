@@ -150,7 +150,7 @@ static void on_reply(struct check_enforce_session *s)
 		s->state = ST_MAIL;
 		return;
 	case ST_MAIL:
-		snprintf(s->reply, sizeof(s->reply), "%s", rs);
+		snprintf(s->reply, sizeof(s->reply), "%.400s", rs);
 		if (r.code == 530 || (r.code >= 500 && names_tls(r.text)))
 			s->result = CHECK_ENFORCE_YES;
 		else if (r.code >= 200 && r.code < 300)

@@ -89,15 +89,12 @@ static void later_cb(evutil_socket_t fd, short what, void *arg)
 	finish(arg);
 }
 
-static void fail_early(struct check_probe *p, const char *fmt, const char *detail)
-    __attribute__((format(printf, 2, 0)));
-
-/* fail_early - no connection: record why, finish from the loop */
-static void fail_early(struct check_probe *p, const char *fmt, const char *detail)
+/* fail_early - no connection: record why (what: detail), finish from the loop */
+static void fail_early(struct check_probe *p, const char *what, const char *detail)
 {
 	char buf[300];
 
-	snprintf(buf, sizeof(buf), fmt, detail);
+	snprintf(buf, sizeof(buf), "%s%s%s", what, *what ? ": " : "", detail);
 	if (p->enforce) {
 		p->aout->enforce = CHECK_ENFORCE_ERROR;
 		snprintf(p->aout->enforce_error, sizeof(p->aout->enforce_error), "%s", buf);
@@ -506,13 +503,13 @@ static void connect_start(struct check_probe *p)
 
 	p->fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (p->fd < 0) {
-		fail_early(p, "socket: %s", strerror(errno));
+		fail_early(p, "socket", strerror(errno));
 		return;
 	}
 	/* not CLOSE_ON_FREE: the socket outlives the plaintext bufferevent */
 	p->bev = bufferevent_socket_new(p->base, p->fd, 0);
 	if (p->bev == NULL) {
-		fail_early(p, "%s", "cannot create a bufferevent");
+		fail_early(p, "", "cannot create a bufferevent");
 		return;
 	}
 	bufferevent_setcb(p->bev, read_cb, write_cb, event_cb, p);
@@ -520,7 +517,7 @@ static void connect_start(struct check_probe *p)
 	set_timeouts(p);
 	bufferevent_enable(p->bev, EV_READ | EV_WRITE);
 	if (bufferevent_socket_connect(p->bev, (struct sockaddr *)ss, (int)len) < 0)
-		fail_early(p, "connect: %s", strerror(errno));
+		fail_early(p, "connect", strerror(errno));
 }
 
 struct check_probe *check_probe_tls(const struct check_probe_params *pp, struct check_tls *out,

@@ -144,16 +144,13 @@ static void add_reason(struct check_result *r, const char *reason)
 	r->reasons[r->n_reasons++] = xstrdup(cls);
 }
 
-/* append - "a; b" into buf */
-static void append(char *buf, size_t len, const char *fmt, const char *a, const char *b)
+/* append - "...; reason (host)" into buf */
+static void append(char *buf, size_t len, const char *reason, const char *host)
 {
 	size_t n = strlen(buf);
 	if (n + 2 >= len)
 		return;
-	if (n > 0)
-		n += (size_t)snprintf(buf + n, len - n, "; ");
-	if (n < len)
-		snprintf(buf + n, len - n, fmt, a, b);
+	snprintf(buf + n, len - n, "%s%s (%s)", n ? "; " : "", reason, host);
 }
 
 static void mx_verdict(struct check_result *r, struct check_mx *m)
@@ -288,7 +285,7 @@ void check_verdict(struct check_result *r)
 					via = m;
 		}
 		if (!m->verified)
-			append(no, sizeof(no), "%s (%s)", m->reason, m->host);
+			append(no, sizeof(no), m->reason, m->host);
 	}
 	r->all_verify = all;
 	r->starttls_all = st;
@@ -303,7 +300,7 @@ void check_verdict(struct check_result *r)
 		         via->method == POLICY_ENCRYPT_ONLY ? "encrypted, verified by" : "verified by",
 		         method_words(via->method), via->host);
 	} else {
-		snprintf(r->deliver, sizeof(r->deliver), "no: %s", no);
+		snprintf(r->deliver, sizeof(r->deliver), "no: %.1190s", no);
 	}
 	r->citable = all && enf;
 	if (r->citable)

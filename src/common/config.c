@@ -562,7 +562,7 @@ static int handle_dns(struct parse_ctx *p, const char *k, const char *v)
 static int handle_outbound(struct parse_ctx *p, const char *k, const char *v)
 {
 	struct config *c = p->c;
-	size_t n;
+	size_t n = 0;
 	if (!strcmp(k, "smtp_port")) {
 		if (!set_count(p, k, v, 1, 65535, &n))
 			return 0;

@@ -148,7 +148,14 @@ class Daemon:
         env["ASAN_OPTIONS"] = "detect_leaks=%d" % (0 if os.environ.get("SMX_DIAG_NO_LEAKS") else 1)
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([STRICTMXD, "-c", self.conf], stdin=subprocess.DEVNULL,
+        argv = [STRICTMXD, "-c", self.conf]
+        # STRICTMXD_WRAPPER: a program that runs the daemon, e.g. under valgrind (make
+        # memcheck); it must exec the daemon so that proc.pid stays the daemon's pid.
+        wrapper = os.environ.get("STRICTMXD_WRAPPER")
+        if wrapper:
+            argv = [wrapper] + argv
+            ready_timeout *= 6  # valgrind is ~20x slower to start
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log, env=env,
                                      cwd=self.tmp)
         ports = [self.port] + ([self.plain_port] if self.plain_port else [])

@@ -513,16 +513,11 @@ def perf_profile(smx, work, dur):
     data = os.path.join(work, "perf.data")
     gen = subprocess.Popen([SMTP_LOAD, "--host", SMX_ADDR, "--port", str(PORT), "--cafile", CA,
                             "--servername", NAME, "--rcpt", RCPT, "--quiet", "--connections",
-                            str(CONNS), "--messages", "1", "--duration", str(dur * 2 + 2)] + BIND,
+                            str(CONNS), "--messages", "1", "--duration", str(dur * 2 + 8)] + BIND,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
-        p = run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
-                 "-p", str(smx.pid), "--", "sleep", str(dur)], dur + 30)
-        out["perf_stat"] = p.stderr.strip()
-        p = run(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(smx.pid), "--",
-                 "sleep", str(dur)], dur + 60)
         tr = os.path.join(work, "perf-trace.txt")
         run(["perf", "trace", "-s", "-p", str(smx.pid), "-o", tr, "--", "sleep", "3"], 60)
         try:
@@ -536,11 +531,20 @@ def perf_profile(smx, work, dur):
                 [r[1] for r in rows[:12]]
         except OSError:
             pass
-        gen.communicate(timeout=dur * 2 + 120)
+        p = run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
+                 "-p", str(smx.pid), "--", "sleep", str(dur)], dur + 30)
+        out["perf_stat"] = p.stderr.strip()
+        p = run(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(smx.pid), "--",
+                 "sleep", str(dur)], dur + 60)
+        gen.communicate(timeout=dur * 2 + 130)
         rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort",
                    "dso,symbol", "-g", "none", "--percent-limit", "1"], 120)
         lines = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
         out["perf_top"] = lines[:25]
+        rep = run(["perf", "report", "-i", data, "--stdio", "--children", "--sort",
+                   "dso,symbol", "-g", "none", "--percent-limit", "4"], 120)
+        out["perf_children"] = [l for l in rep.stdout.splitlines()
+                                if l.strip() and not l.startswith("#")][:40]
         rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso",
                    "-g", "none"], 120)
         out["perf_dso"] = [l for l in rep.stdout.splitlines()
@@ -640,6 +644,11 @@ def main():
         smx.drain(0, 1)
 
         for k in sorted({1000, idle_k}):
+            # fresh process: memory freed by earlier sessions stays in malloc's pools
+            smx.stop()
+            smx.start(nofile)
+            load_run(SMX_ADDR, ["--connections", "4", "--messages", "1", "--duration", "1"], 60)
+            smx.drain(0, 2)
             m = idle_memory(smx, k)
             results["memory"].append(m)
             log("memory strictmxd K=%d: %s" % (k, m))

@@ -217,6 +217,14 @@ def render(R):
         w("\n".join(perf.get("perf_top", [])))
         w("```")
         w("")
+        if perf.get("perf_children"):
+            w("Inclusive time (self + callees, ≥ 4 %; call graphs from frame pointers/DWARF "
+              "where available):")
+            w("")
+            w("```")
+            w("\n".join(perf["perf_children"]))
+            w("```")
+            w("")
     return "\n".join(out)
 
 

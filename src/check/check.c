@@ -207,8 +207,8 @@ static void dom_maybe_done(struct dom *d)
 	if (d->policy_pending || d->dns_pending || d->jobs_left > 0)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	d->r->elapsed_ms = (now.tv_sec - d->start.tv_sec) * 1000 +
-	                   (now.tv_nsec - d->start.tv_nsec) / 1000000;
+	d->r->elapsed_ms =
+	    (now.tv_sec - d->start.tv_sec) * 1000 + (now.tv_nsec - d->start.tv_nsec) / 1000000;
 	check_verdict(d->r);
 	struct check_result *r = d->r;
 	check_cb cb = d->cb;
@@ -517,8 +517,8 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 	if (dns_query(e->dns, name, DNS_T_TXT, tlsrpt_cb, d, &d->dns_id) < 0) {
 		d->dns_pending = false;
 		d->r->tlsrpt.status = CHECK_TLSRPT_ERROR;
-		snprintf(d->r->tlsrpt.error, sizeof(d->r->tlsrpt.error),
-		         "cannot look up %.200s", name);
+		snprintf(d->r->tlsrpt.error, sizeof(d->r->tlsrpt.error), "cannot look up %.200s",
+		         name);
 	}
 	return 0;
 }

@@ -20,16 +20,15 @@
 #include "common/log.h"
 #include "common/xmalloc.h"
 
-#define CHECK_USAGE                                                                        \
-	"usage: strictmx [-c FILE] check DOMAIN... [--json] [--no-color] [--port N] "      \
+#define CHECK_USAGE                                                                                \
+	"usage: strictmx [-c FILE] check DOMAIN... [--json] [--no-color] [--port N] "              \
 	"[--timeout S]\n"
-#define SCAN_USAGE                                                                         \
-	"usage: strictmx [-c FILE] scan [FILE|-] [--concurrency N] [--per-ip N] "          \
-	"[--output FILE] [--resume] [--html FILE] [--postfix-policy FILE] [--port N] "     \
+#define SCAN_USAGE                                                                                 \
+	"usage: strictmx [-c FILE] scan [FILE|-] [--concurrency N] [--per-ip N] "                  \
+	"[--output FILE] [--resume] [--html FILE] [--postfix-policy FILE] [--port N] "             \
 	"[--timeout S]\n"
 
-static int num_arg(const char *cmd, const char *opt, const char *v, long min, long max,
-                   long *out)
+static int num_arg(const char *cmd, const char *opt, const char *v, long min, long max, long *out)
 {
 	char *end;
 	long n;
@@ -41,8 +40,8 @@ static int num_arg(const char *cmd, const char *opt, const char *v, long min, lo
 	errno = 0;
 	n = strtol(v, &end, 10);
 	if (errno || *end || end == v || n < min || n > max) {
-		fprintf(stderr, "strictmx: %s: %s: '%s' is not a number from %ld to %ld\n", cmd, opt,
-		        v, min, max);
+		fprintf(stderr, "strictmx: %s: %s: '%s' is not a number from %ld to %ld\n", cmd,
+		        opt, v, min, max);
 		return -1;
 	}
 	*out = n;
@@ -95,7 +94,8 @@ int check_cli(const struct config *c, int argc, char **argv)
 		} else if (!strcmp(a, "--no-color")) {
 			color = false;
 		} else if (!strcmp(a, "--port")) {
-			if (num_arg("check", a, i + 1 < argc ? argv[i + 1] : NULL, 1, 65535, &v) < 0)
+			if (num_arg("check", a, i + 1 < argc ? argv[i + 1] : NULL, 1, 65535, &v) <
+			    0)
 				goto bad;
 			o.port = (uint16_t)v;
 			i++;
@@ -260,11 +260,11 @@ static void scan_fill(struct scan *s)
 		const char *d = s->todo[s->next++];
 		if (check_start(s->e, d, scan_done, s) < 0) {
 			/* not a domain name: a line that says so, like any other result */
-			json_t *o = json_pack("{s:s,s:s,s:s,s:[],s:{s:b,s:s,s:b,s:[s]},s:i}", "domain",
-			                      d, "status", "invalid", "reason",
-			                      "not a valid domain name", "mx", "verdict",
-			                      "would_deliver", 0, "text", "not a valid domain name",
-			                      "has_mx", 0, "reasons", "invalid domain name", "exit", 2);
+			json_t *o = json_pack(
+			    "{s:s,s:s,s:s,s:[],s:{s:b,s:s,s:b,s:[s]},s:i}", "domain", d, "status",
+			    "invalid", "reason", "not a valid domain name", "mx", "verdict",
+			    "would_deliver", 0, "text", "not a valid domain name", "has_mx", 0,
+			    "reasons", "invalid domain name", "exit", 2);
 			char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 			if (line && (fprintf(s->out, "%s\n", line) < 0 || fflush(s->out) != 0))
 				s->io_error = true;
@@ -446,8 +446,9 @@ int scan_cli(const struct config *c, int argc, char **argv)
 		for (size_t i = 0; i < n_dom; i++) {
 			bool done = false;
 			for (size_t j = 0; j < s.n_all && !done; j++)
-				done = !strcmp(json_string_value(json_object_get(s.all[j], "domain")),
-				               doms[i]);
+				done =
+				    !strcmp(json_string_value(json_object_get(s.all[j], "domain")),
+				            doms[i]);
 			if (done)
 				free(doms[i]);
 			else
@@ -461,7 +462,8 @@ int scan_cli(const struct config *c, int argc, char **argv)
 	if (output != NULL) {
 		s.out = fopen(output, resume ? "a" : "w");
 		if (s.out == NULL) {
-			fprintf(stderr, "strictmx: scan: --output %s: %s\n", output, strerror(errno));
+			fprintf(stderr, "strictmx: scan: --output %s: %s\n", output,
+			        strerror(errno));
 			rc = 2;
 			goto out;
 		}

@@ -23,8 +23,8 @@
 enum state { ST_GREETING, ST_EHLO, ST_HELO, ST_MAIL, ST_RSET, ST_DONE };
 
 static const char *const waiting_for[] = {
-    "the greeting", "the EHLO reply", "the HELO reply", "the MAIL FROM reply", "the RSET reply",
-    "nothing",
+    "the greeting",        "the EHLO reply", "the HELO reply",
+    "the MAIL FROM reply", "the RSET reply", "nothing",
 };
 
 struct check_enforce_session {
@@ -191,7 +191,8 @@ size_t check_enforce_input(struct check_enforce_session *s, const char *buf, siz
 			    smtp_reply_parser_line(&s->rp, buf + used, line_len);
 			used += consumed;
 			if (rs == SMTP_RP_ERROR)
-				fail(s, false, "protocol error: malformed reply while waiting for %s",
+				fail(s, false,
+				     "protocol error: malformed reply while waiting for %s",
 				     waiting_for[s->state]);
 			else if (rs == SMTP_RP_DONE)
 				on_reply(s);
@@ -232,8 +233,8 @@ void check_enforce_eof(struct check_enforce_session *s)
 	fail(s, false, "MX closed the connection while waiting for %s", waiting_for[s->state]);
 }
 
-enum check_enforce check_enforce_result(const struct check_enforce_session *s,
-                                        const char **reply, const char **error)
+enum check_enforce check_enforce_result(const struct check_enforce_session *s, const char **reply,
+                                        const char **error)
 {
 	if (reply != NULL)
 		*reply = s->reply;

@@ -29,7 +29,7 @@ void check_enforce_timeout(struct check_enforce_session *s);
 void check_enforce_eof(struct check_enforce_session *s);
 
 /* check_enforce_result - the verdict; reply = the MAIL FROM reply, error = why none */
-enum check_enforce check_enforce_result(const struct check_enforce_session *s,
-                                        const char **reply, const char **error);
+enum check_enforce check_enforce_result(const struct check_enforce_session *s, const char **reply,
+                                        const char **error);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,11 +272,28 @@ static void start_tls(struct check_probe *p)
 		process(p);
 		return;
 	}
+	/*
+	 * The TLS bufferevent gets its own descriptor of the same socket: the
+	 * plain one closes its descriptor only once libevent has removed its
+	 * events. Closing a descriptor by hand while its events are still
+	 * registered (bufferevent_free is deferred inside a callback) lets the
+	 * next socket with the same number go unwatched by epoll: its connect
+	 * is never reported and it times out.
+	 */
+	evutil_socket_t fd2 = fcntl(p->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd2 < 0) {
+		SSL_free(ssl);
+		outbound_session_tls_failed(p->sess, "cannot start TLS (dup)");
+		process(p);
+		return;
+	}
 	bufferevent_free(p->bev);
+	p->fd = fd2;
 	p->bev = bufferevent_openssl_socket_new(p->base, p->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
 	                                        BEV_OPT_CLOSE_ON_FREE);
 	if (p->bev == NULL) {
 		SSL_free(ssl);
+		p->fd_owned_by_bev = false;
 		outbound_session_tls_failed(p->sess, "cannot start TLS");
 		session_over(p);
 		return;
@@ -506,12 +524,13 @@ static void connect_start(struct check_probe *p)
 		fail_early(p, "socket", strerror(errno));
 		return;
 	}
-	/* not CLOSE_ON_FREE: the socket outlives the plaintext bufferevent */
-	p->bev = bufferevent_socket_new(p->base, p->fd, 0);
+	/* CLOSE_ON_FREE: the TLS bufferevent gets a dup of the socket (start_tls) */
+	p->bev = bufferevent_socket_new(p->base, p->fd, BEV_OPT_CLOSE_ON_FREE);
 	if (p->bev == NULL) {
 		fail_early(p, "", "cannot create a bufferevent");
 		return;
 	}
+	p->fd_owned_by_bev = true;
 	bufferevent_setcb(p->bev, read_cb, write_cb, event_cb, p);
 	p->connecting = true;
 	set_timeouts(p);
@@ -544,8 +563,8 @@ struct check_probe *check_probe_tls(const struct check_probe_params *pp, struct 
 	return p;
 }
 
-struct check_probe *check_probe_enforce(const struct check_probe_params *pp,
-                                        struct check_addr *out, check_probe_cb cb, void *arg)
+struct check_probe *check_probe_enforce(const struct check_probe_params *pp, struct check_addr *out,
+                                        check_probe_cb cb, void *arg)
 {
 	struct check_probe *p = probe_new(pp, cb, arg);
 

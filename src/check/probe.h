@@ -46,8 +46,8 @@ struct check_probe_params {
 struct check_probe *check_probe_tls(const struct check_probe_params *p, struct check_tls *out,
                                     check_probe_cb cb, void *arg);
 /* check_probe_enforce - the plaintext MAIL FROM probe; fills out->enforce* */
-struct check_probe *check_probe_enforce(const struct check_probe_params *p,
-                                        struct check_addr *out, check_probe_cb cb, void *arg);
+struct check_probe *check_probe_enforce(const struct check_probe_params *p, struct check_addr *out,
+                                        check_probe_cb cb, void *arg);
 /* check_probe_free - stop (no callback) and free; *p = NULL */
 void check_probe_free(struct check_probe **p);
 

@@ -46,11 +46,10 @@ static json_t *chain_json(const struct check_tls *t)
 
 	for (size_t i = 0; i < t->n_chain; i++) {
 		const struct check_cert *c = &t->chain[i];
-		json_array_append_new(a, json_pack("{s:o,s:o,s:o,s:o,s:I}", "subject",
-		                                   jstr(c->subject), "issuer", jstr(c->issuer),
-		                                   "san", san_array(c->san), "not_after",
-		                                   jstr(c->not_after), "days_left",
-		                                   (json_int_t)c->days_left));
+		json_array_append_new(
+		    a, json_pack("{s:o,s:o,s:o,s:o,s:I}", "subject", jstr(c->subject), "issuer",
+		                 jstr(c->issuer), "san", san_array(c->san), "not_after",
+		                 jstr(c->not_after), "days_left", (json_int_t)c->days_left));
 	}
 	return a;
 }
@@ -75,28 +74,26 @@ static json_t *addr_json(const struct check_mx *m, const struct check_addr *a)
 		json_object_set_new(o, "tls", json_null());
 	json_object_set_new(o, "certificates", chain_json(t->handshake ? t : pk));
 	if (pk->ran && pk->verify >= 0)
-		json_object_set_new(o, "pkix",
-		                    json_pack("{s:b,s:o}", "ok", pk->verify == 1, "error",
-		                              jstr(pk->verify_error)));
+		json_object_set_new(
+		    o, "pkix",
+		    json_pack("{s:b,s:o}", "ok", pk->verify == 1, "error", jstr(pk->verify_error)));
 	else
 		json_object_set_new(o, "pkix", json_null());
 	if (m->method == POLICY_DANE && t->verify >= 0)
 		json_object_set_new(o, "dane",
 		                    json_pack("{s:b,s:o,s:o}", "ok", t->verify == 1, "matched",
-		                              jstr(t->dane_match), "error",
-		                              jstr(t->verify_error)));
+		                              jstr(t->dane_match), "error", jstr(t->verify_error)));
 	else
 		json_object_set_new(o, "dane", json_null());
 	json_object_set_new(o, "verified", json_boolean(a->verified));
 	json_object_set_new(o, "error", jstr(t->error));
-	json_object_set_new(
-	    o, "inbound",
-	    json_pack("{s:o,s:s,s:o,s:o}", "enforces",
-	              a->enforce == CHECK_ENFORCE_YES  ? json_true()
-	              : a->enforce == CHECK_ENFORCE_NO ? json_false()
-	                                               : json_null(),
-	              "result", check_enforce_name(a->enforce), "reply", jstr(a->enforce_reply),
-	              "error", jstr(a->enforce_error)));
+	json_object_set_new(o, "inbound",
+	                    json_pack("{s:o,s:s,s:o,s:o}", "enforces",
+	                              a->enforce == CHECK_ENFORCE_YES  ? json_true()
+	                              : a->enforce == CHECK_ENFORCE_NO ? json_false()
+	                                                               : json_null(),
+	                              "result", check_enforce_name(a->enforce), "reply",
+	                              jstr(a->enforce_reply), "error", jstr(a->enforce_error)));
 	return o;
 }
 
@@ -116,8 +113,7 @@ static json_t *result_obj(const struct check_result *r)
 	json_object_set_new(o, "mta_sts",
 	                    json_pack("{s:b,s:o,s:b,s:o,s:o,s:o}", "txt", r->sts_txt, "id",
 	                              jstr(r->sts_id), "valid", r->sts_valid, "mode",
-	                              jstr(r->sts_mode), "mx", pats, "error",
-	                              jstr(r->sts_error)));
+	                              jstr(r->sts_mode), "mx", pats, "error", jstr(r->sts_error)));
 	json_t *rua = json_array();
 	for (size_t i = 0; i < r->tlsrpt.n_rua; i++)
 		json_array_append_new(rua, jstr(r->tlsrpt.rua[i]));
@@ -146,8 +142,9 @@ static json_t *result_obj(const struct check_result *r)
 			if (a->tls.handshake) {
 				bool seen = false;
 				for (size_t v = 0; v < json_array_size(vers); v++)
-					seen = seen || !strcmp(json_string_value(json_array_get(vers, v)),
-					                       a->tls.protocol);
+					seen = seen ||
+					       !strcmp(json_string_value(json_array_get(vers, v)),
+					               a->tls.protocol);
 				if (!seen)
 					json_array_append_new(vers, jstr(a->tls.protocol));
 			}
@@ -236,8 +233,8 @@ static void print_tls(const struct out *o, const struct check_tls *t, const char
 	if (!t->ran)
 		return;
 	if (t->handshake && print_chain) {
-		row(o, 6, "TLS", NULL, "%s, %s%s%s", t->protocol, t->cipher, t->group[0] ? ", " : "",
-		    t->group);
+		row(o, 6, "TLS", NULL, "%s, %s%s%s", t->protocol, t->cipher,
+		    t->group[0] ? ", " : "", t->group);
 		for (size_t i = 0; i < t->n_chain; i++) {
 			const struct check_cert *ce = &t->chain[i];
 			char lab[32];
@@ -246,7 +243,10 @@ static void print_tls(const struct out *o, const struct check_tls *t, const char
 			row(o, 6, "", NULL, "issuer %s", ce->issuer);
 			if (ce->san[0])
 				row(o, 6, "", NULL, "names %s", ce->san);
-			row(o, 6, "", ce->days_left < 0 ? RED : ce->days_left < 14 ? YELLOW : NULL,
+			row(o, 6, "",
+			    ce->days_left < 0    ? RED
+			    : ce->days_left < 14 ? YELLOW
+			                         : NULL,
 			    "expires %s (%s%ld days)", ce->not_after,
 			    ce->days_left < 0 ? "expired " : "in ",
 			    ce->days_left < 0 ? -ce->days_left : ce->days_left);
@@ -328,7 +328,8 @@ void check_result_print(const struct check_result *r, FILE *f, bool color)
 				row(&o, 6, "session", RED, "%s", t->error);
 			switch (a->enforce) {
 			case CHECK_ENFORCE_YES:
-				row(&o, 6, "inbound", GREEN, "enforces STARTTLS (%s)", a->enforce_reply);
+				row(&o, 6, "inbound", GREEN, "enforces STARTTLS (%s)",
+				    a->enforce_reply);
 				break;
 			case CHECK_ENFORCE_NO:
 				row(&o, 6, "inbound", RED, "accepts mail without STARTTLS (%s)",
@@ -345,8 +346,8 @@ void check_result_print(const struct check_result *r, FILE *f, bool color)
 		}
 		row(&o, 4, "verdict", m->verified ? GREEN : RED, "%s", m->verdict);
 	}
-	fprintf(f, "  strictmx would deliver: %s%s%s\n",
-	        c(&o, r->would_deliver ? GREEN : RED), r->deliver, c(&o, RESET));
+	fprintf(f, "  strictmx would deliver: %s%s%s\n", c(&o, r->would_deliver ? GREEN : RED),
+	        r->deliver, c(&o, RESET));
 	fprintf(f, "  campaign: %s%s%s\n", c(&o, r->citable ? GREEN : YELLOW), r->campaign,
 	        c(&o, RESET));
 }

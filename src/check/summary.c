@@ -133,12 +133,13 @@ void check_summary_print(const struct check_summary *s, FILE *f)
 	fprintf(f, "summary: %zu domain%s (%zu could not be checked)\n", s->total,
 	        s->total == 1 ? "" : "s", s->not_run);
 	for (size_t i = 0; i < n; i++)
-		fprintf(f, "  %-28s %6zu  %5.1f%%\n", fig[i].label, fig[i].n, pct(fig[i].n, s->total));
+		fprintf(f, "  %-28s %6zu  %5.1f%%\n", fig[i].label, fig[i].n,
+		        pct(fig[i].n, s->total));
 	if (s->n_versions) {
 		fprintf(f, "  TLS versions (domains):\n");
 		for (size_t i = 0; i < s->n_versions; i++)
-			fprintf(f, "    %-26s %6zu  %5.1f%%\n", s->versions[i].name, s->versions[i].n,
-			        pct(s->versions[i].n, s->total));
+			fprintf(f, "    %-26s %6zu  %5.1f%%\n", s->versions[i].name,
+			        s->versions[i].n, pct(s->versions[i].n, s->total));
 	}
 	if (s->n_reasons) {
 		fprintf(f, "  most common failure reasons (domains):\n");
@@ -163,7 +164,8 @@ json_t *check_summary_json(const struct check_summary *s)
 	json_object_set_new(o, "would_deliver", json_integer((json_int_t)s->would_deliver));
 	json_object_set_new(o, "citable", json_integer((json_int_t)s->citable));
 	for (size_t i = 0; i < s->n_versions; i++)
-		json_object_set_new(v, s->versions[i].name, json_integer((json_int_t)s->versions[i].n));
+		json_object_set_new(v, s->versions[i].name,
+		                    json_integer((json_int_t)s->versions[i].n));
 	json_object_set_new(o, "tls_versions", v);
 	for (size_t i = 0; i < s->n_reasons; i++)
 		json_array_append_new(r, json_pack("{s:s,s:I}", "reason", s->reasons[i].name,
@@ -200,16 +202,16 @@ static void esc(FILE *f, const char *s)
 }
 
 /* bar_chart - horizontal bars, one per figure, as inline SVG */
-static void bar_chart(FILE *f, const char *title, const struct figure *fig, size_t n,
-                      size_t total)
+static void bar_chart(FILE *f, const char *title, const struct figure *fig, size_t n, size_t total)
 {
 	const int row = 26, label_w = 230, bar_w = 360;
 	int h = (int)n * row + 10;
 
 	fprintf(f, "<h2>");
 	esc(f, title);
-	fprintf(f, "</h2>\n<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" "
-	           "width=\"%d\" height=\"%d\" role=\"img\">\n",
+	fprintf(f,
+	        "</h2>\n<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" "
+	        "width=\"%d\" height=\"%d\" role=\"img\">\n",
 	        label_w + bar_w + 110, h);
 	for (size_t i = 0; i < n; i++) {
 		double p = pct(fig[i].n, total);

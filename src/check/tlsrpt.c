@@ -103,7 +103,9 @@ static enum check_tlsrpt_status parse_rua(const char *v, size_t n, struct check_
 					*p = '?';
 			return invalid(out, msg);
 		}
-		if (out->n_rua < CHECK_MAX_RUA && e - s < sizeof(out->rua[0])) {
+		if (e - s >= sizeof(out->rua[0]))
+			return invalid(out, "rua= URI longer than 255 characters");
+		if (out->n_rua < CHECK_MAX_RUA) {
 			memcpy(out->rua[out->n_rua], v + s, e - s);
 			out->rua[out->n_rua][e - s] = '\0';
 			out->n_rua++;

@@ -175,9 +175,9 @@ static void mx_verdict(struct check_result *r, struct check_mx *m)
 			const struct check_addr *a = &m->addrs[k];
 			if (a->verified)
 				continue;
-			const char *why = a->tls.error[0]       ? a->tls.error
+			const char *why = a->tls.error[0]          ? a->tls.error
 			                  : a->tls.verify_error[0] ? a->tls.verify_error
-			                                          : "not verified";
+			                                           : "not verified";
 			if (m->n_addrs > 1)
 				snprintf(m->reason, sizeof(m->reason), "%.500s [%s]", why, a->ip);
 			else
@@ -232,7 +232,8 @@ void check_verdict(struct check_result *r)
 	case POLICY_NULL_MX:
 		snprintf(r->deliver, sizeof(r->deliver),
 		         "no: the domain publishes a null MX (it accepts no mail)");
-		snprintf(r->campaign, sizeof(r->campaign), "not citable: the domain accepts no mail");
+		snprintf(r->campaign, sizeof(r->campaign),
+		         "not citable: the domain accepts no mail");
 		add_reason(r, "null MX");
 		r->exit_code = 1;
 		return;
@@ -266,9 +267,10 @@ void check_verdict(struct check_result *r)
 						         "accepts mail without STARTTLS (%.200s)",
 						         a->enforce_reply);
 					else if (a->enforce == CHECK_ENFORCE_UNCLEAR)
-						snprintf(enf_why, sizeof(enf_why),
-						         "answered MAIL FROM without TLS with %.200s",
-						         a->enforce_reply);
+						snprintf(
+						    enf_why, sizeof(enf_why),
+						    "answered MAIL FROM without TLS with %.200s",
+						    a->enforce_reply);
 					else
 						snprintf(enf_why, sizeof(enf_why),
 						         "enforcement probe failed: %.200s",
@@ -280,8 +282,8 @@ void check_verdict(struct check_result *r)
 		}
 		if (via == NULL && m->method != POLICY_SKIP && m->method != POLICY_DEFER) {
 			for (size_t k = 0; k < m->n_addrs; k++)
-				if (m->addrs[k].verified ||
-				    (m->method == POLICY_ENCRYPT_ONLY && addr_ok(&m->addrs[k], m->method)))
+				if (m->addrs[k].verified || (m->method == POLICY_ENCRYPT_ONLY &&
+				                             addr_ok(&m->addrs[k], m->method)))
 					via = m;
 		}
 		if (!m->verified)
@@ -297,7 +299,8 @@ void check_verdict(struct check_result *r)
 		snprintf(r->deliver, sizeof(r->deliver), "no: no MX host");
 	} else if (via != NULL) {
 		snprintf(r->deliver, sizeof(r->deliver), "yes, %s %s (%s)",
-		         via->method == POLICY_ENCRYPT_ONLY ? "encrypted, verified by" : "verified by",
+		         via->method == POLICY_ENCRYPT_ONLY ? "encrypted, verified by"
+		                                            : "verified by",
 		         method_words(via->method), via->host);
 	} else {
 		snprintf(r->deliver, sizeof(r->deliver), "no: %.1190s", no);
@@ -312,7 +315,8 @@ void check_verdict(struct check_result *r)
 		snprintf(r->campaign, sizeof(r->campaign), "not citable: not every MX verifies");
 	else
 		snprintf(r->campaign, sizeof(r->campaign), "not citable: %s [%s] %s",
-		         not_enforcing ? not_enforcing : "?", not_enf_ip ? not_enf_ip : "?", enf_why);
+		         not_enforcing ? not_enforcing : "?", not_enf_ip ? not_enf_ip : "?",
+		         enf_why);
 	if (any_accepts)
 		add_reason(r, "accepts mail without STARTTLS");
 	r->exit_code = all ? 0 : 1;

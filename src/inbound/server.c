@@ -282,6 +282,11 @@ static void conn_start_tls(struct conn *c)
 		conn_free(c);
 		return;
 	}
+	/* Detach the socket from the plain bufferevent first: its events are
+	 * removed now (bufferevent_setfd), not when its deferred destruction
+	 * runs, so they can never unregister the TLS bufferevent's events on
+	 * the same descriptor, and freeing it does not close the socket. */
+	bufferevent_setfd(c->bev, -1);
 	bufferevent_free(c->bev);
 	/* CLOSE_ON_FREE: libevent frees the SSL (and the socket) only then */
 	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
@@ -466,10 +471,10 @@ static void conn_free(struct conn *c)
 		SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 		if (ssl)
 			SSL_shutdown(ssl); /* close_notify, best effort */
-		bufferevent_free(c->bev);
-	}
-	if (c->fd >= 0)
+		bufferevent_free(c->bev);  /* closes the socket (CLOSE_ON_FREE) */
+	} else if (c->fd >= 0) {
 		evutil_closesocket(c->fd);
+	}
 	free(c->spool_buf);
 	free(c);
 }
@@ -529,8 +534,13 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
-	/* not CLOSE_ON_FREE: the socket outlives the plaintext bufferevent */
-	c->bev = bufferevent_socket_new(srv->base, fd, 0);
+	/*
+	 * CLOSE_ON_FREE: the socket is closed when libevent has really destroyed
+	 * the bufferevent (that may be deferred past a callback), never earlier:
+	 * closing it ourselves first lets a new connection reuse the descriptor
+	 * and lose its events when the old bufferevent's are removed.
+	 */
+	c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		evutil_closesocket(fd);
 		free(c->spool_buf);

@@ -265,11 +265,13 @@ static void all_hosts_failed(struct outbound_delivery *d)
 static void conn_close(struct outbound_delivery *d)
 {
 	if (d->bev) {
+		/* the socket goes with it (CLOSE_ON_FREE), once libevent has
+		 * removed its events: never close it ourselves before that */
 		bufferevent_free(d->bev);
 		d->bev = NULL;
-	}
-	if (d->fd >= 0 && !d->fd_owned_by_bev)
+	} else if (d->fd >= 0) {
 		evutil_closesocket(d->fd);
+	}
 	d->fd = -1;
 	d->fd_owned_by_bev = false;
 	if (d->body_fd >= 0) {
@@ -542,6 +544,8 @@ static void start_tls(struct outbound_delivery *d)
 		conn_process(d);
 		return;
 	}
+	/* detach the socket from the plain bufferevent (its events go now) */
+	bufferevent_setfd(d->bev, -1);
 	bufferevent_free(d->bev);
 	d->bev = bufferevent_openssl_socket_new(d->ctx->base, d->fd, ssl,
 	                                        BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
@@ -781,8 +785,8 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 		next_addr(d);
 		return;
 	}
-	/* not CLOSE_ON_FREE: the socket outlives the plaintext bufferevent */
-	d->bev = bufferevent_socket_new(d->ctx->base, d->fd, 0);
+	/* CLOSE_ON_FREE: see conn_close; start_tls detaches it first */
+	d->bev = bufferevent_socket_new(d->ctx->base, d->fd, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(d->bev, read_cb, write_cb, event_cb, d);
 	d->connecting = true;
 	set_timeouts(d);
@@ -791,9 +795,7 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 	         (unsigned)d->port);
 	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)ss, (int)len) < 0) {
 		add_reason(d, FK_CONNECT, "%s[%s]: connect: %s", d->host, d->ip, strerror(errno));
-		bufferevent_free(d->bev);
-		d->bev = NULL;
-		conn_close(d);
+		conn_close(d); /* frees the bufferevent, which closes the socket */
 		next_addr(d);
 	}
 }

@@ -1,7 +1,7 @@
 """Crash safety under load (issue 6, Faults): SIGKILL at random moments while several
 clients send mail over STARTTLS; every message that got "250 ... queued as" is delivered.
 
-CLIENTS threads send MESSAGES small messages in total to strictmxd, which delivers them
+CLIENTS (6) threads send MESSAGES small messages in total to strictmxd, which delivers them
 locally (Maildir under data_dir/mail/example.org/<user>/). Each message has a unique
 Message-ID. Meanwhile a killer thread sends SIGKILL to strictmxd at random moments (at
 least MIN_KILLS times while mail is flowing) and restarts it on the same data_dir,
@@ -15,10 +15,13 @@ running, queue empty per `strictmx queue list --json`), the Maildirs are read:
   again; or delivered to the Maildir, then killed before the queue row was removed) are
   allowed by SMTP's at-least-once contract: counted and printed, not failed.
 
-Why 2,000 messages fit: the daemon reuses the TLS session for many transactions and
-group-commits the queue (one fsync per batch), so even the ASan+UBSan build on 2 cores
-accepts well over 50 messages/s from 4 clients (the rate is printed on every run); the
-whole test, with its >= 22 kill/restart cycles, takes about a minute. The kill schedule
+Why 2,000 messages fit: each client reuses its TLS session for many transactions and
+the queue group-commits (one fsync per batch), so the ASan+UBSan build on 2 cores accepts
+27-135 messages/s without kills depending on the machine's other load (measured with 4-8
+clients; 6 are used: more concurrent transactions, bigger commit batches, more states
+for a kill to hit), and ~40 msg/s with >= 22 kill/restart cycles (restart 0.1-0.9 s):
+about a minute on a quiet machine, 3 minutes with valgrind tests running beside it (the
+rate is printed on every run). SEND_BUDGET bounds it. The kill schedule
 is tied to progress (message i is only started once i*MIN_KILLS/MESSAGES kills have
 happened), so the kills are spread over the whole run however fast the machine is.
 Set SMX_CRASH_MESSAGES / SMX_CRASH_SEED to change the load or replay a schedule.
@@ -36,14 +39,15 @@ import sys
 import threading
 import time
 import unittest
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import smxtest  # noqa: E402
 
 MESSAGES = int(os.environ.get("SMX_CRASH_MESSAGES", "2000"))
-CLIENTS = 4
+CLIENTS = 6
 MIN_KILLS = 22              # the gate guarantees >= MIN_KILLS - 1 kills during the load
-KILL_INTERVAL = (0.2, 1.6)  # seconds the daemon runs between a restart and the next kill
+KILL_INTERVAL = (0.3, 3.0)  # seconds the daemon runs between a restart and the next kill
 SEND_BUDGET = 200.0         # seconds for all messages (kills and restarts included)
 REPLY_TIMEOUT = 30.0        # one SMTP reply on a loaded 2-core machine
 RESTART_TIMEOUT = 60.0      # from SIGKILL to listening again
@@ -213,6 +217,9 @@ def killer(run, rng):
 
 class CrashSafety(unittest.TestCase):
     def test_sigkill_under_load_loses_nothing(self):
+        # smxtest.Client leaves its socket to the GC when connect() is refused (daemon
+        # down): hundreds of expected ResourceWarnings would bury the report
+        warnings.simplefilter("ignore", ResourceWarning)
         seed = int(os.environ.get("SMX_CRASH_SEED", str(int(time.time()))))
         rng = random.Random(seed)
         tag = "%x%x" % (seed, os.getpid())
@@ -281,7 +288,8 @@ class CrashSafety(unittest.TestCase):
         for path in d.all_mail_files():
             if "/crash" not in path:
                 other_files.append(path)
-        stale_tmp = [p for p in d.all_mail_files() if "/tmp/" in p]
+        stale_tmp = [p for p in d.all_mail_files()
+                     if os.path.basename(os.path.dirname(p)) == "tmp"]
         other_files = [p for p in other_files if p not in stale_tmp]
 
         accepted = set(run.accepted)

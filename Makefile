@@ -55,13 +55,14 @@ bench:
 
 # Valgrind memcheck: a non-sanitized debug build, and integration tests whose daemon runs
 # under valgrind (smxtest.py honours STRICTMXD_WRAPPER); a valgrind error exits 99, which
-# the tests report as a bad daemon exit code. MEMCHECK_TESTS: a ctest -R regex.
+# the tests report as a bad daemon exit code (--vgdb=no: no FIFOs left in /tmp once the
+# daemon has dropped root). MEMCHECK_TESTS: a ctest -R regex.
 MEMCHECK_BUILD ?= build-memcheck
 MEMCHECK_TESTS ?= swaks|injection|smuggling|queue
 memcheck: deps-test
 	cmake -S . -B $(MEMCHECK_BUILD) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Debug -DSTRICTMX_SANITIZE=OFF
 	cmake --build $(MEMCHECK_BUILD)
-	printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full --track-fds=no -q "$$@"\n' \
+	printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full --track-fds=no --vgdb=no -q "$$@"\n' \
 		> $(MEMCHECK_BUILD)/valgrind-strictmxd
 	chmod +x $(MEMCHECK_BUILD)/valgrind-strictmxd
 	cd $(MEMCHECK_BUILD) && STRICTMXD_WRAPPER=$(CURDIR)/$(MEMCHECK_BUILD)/valgrind-strictmxd \

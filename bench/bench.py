@@ -45,6 +45,12 @@ CONNS = int(os.environ.get("CONNS", "16"))
 HS_DUR = float(os.environ.get("HS_DUR", "5"))
 PF_IDLE_K = int(os.environ.get("PF_IDLE_K", "200"))
 PERF = os.environ.get("PERF", "1") == "1" and shutil.which("perf") is not None
+# BENCH_ONLY=memory,handshake,... : a subset of throughput,handshake,memory,perf (debugging)
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+
+
+def want(part):
+    return not ONLY or part in ONLY
 
 SMX_ADDR, PF_ADDR, SSRV_ADDR = "127.0.0.71", "127.0.0.72", "127.0.0.73"
 PORT = int(os.environ.get("BENCH_PORT", "2587"))
@@ -209,6 +215,17 @@ class Strictmx:
     def cpu(self):
         st = proc_stat(self.pid)
         return st[2] + st[3] if st else 0.0
+
+    def check_alive(self, results, where):
+        """Record (and report) a daemon that is gone: exit status and its last log lines."""
+        if self.proc.poll() is None:
+            return True
+        rc = self.proc.returncode
+        how = ("killed by signal %d" % -rc) if rc < 0 else ("exit code %d" % rc)
+        log("strictmxd %s during %s; log tail:\n%s" % (how, where, self.log_tail()[-1500:]))
+        results.setdefault("incidents", []).append(
+            {"where": where, "strictmxd": how, "log_tail": self.log_tail()[-1500:]})
+        return False
 
     def delivered(self):
         try:
@@ -614,12 +631,14 @@ def main():
         for srv, addr in ((smx, SMX_ADDR), (pf, PF_ADDR)):
             throughput(srv, addr, 1, 1)
 
-        for r in range(ROUNDS):
+        for r in range(ROUNDS if want("throughput") else 0):
             for msgs in (1, 20):
                 order = ((smx, SMX_ADDR), (pf, PF_ADDR))
                 for srv, addr in order:
                     js = throughput(srv, addr, msgs, DUR)
                     js["round"] = r + 1
+                    if srv is smx and not smx.check_alive(results, "throughput"):
+                        smx.start(nofile)
                     results["throughput"].append(js)
                     log("round %d %s %d msg/conn: %.1f msg/s, p50 %.2f ms, p99 %.2f ms, "
                         "errors %d, server CPU %.3f ms/msg, load %s"
@@ -627,7 +646,7 @@ def main():
                            js["errors"], js["server_cpu_ms_per_msg"] or 0, js["load_after"]))
 
         ss = SServer(work)
-        for r in range(ROUNDS):
+        for r in range(ROUNDS if want("handshake") else 0):
             for srv, addr, port, direct in ((smx, SMX_ADDR, PORT, False),
                                             (pf, PF_ADDR, PORT, False),
                                             (ss, SSRV_ADDR, SSRV_PORT, True)):
@@ -643,20 +662,24 @@ def main():
             log("round %d s_time -new: %s" % (r + 1, st))
         smx.drain(0, 1)
 
-        for k in sorted({1000, idle_k}):
+        for k in sorted({1000, idle_k}) if want("memory") else ():
             # fresh process: memory freed by earlier sessions stays in malloc's pools
             smx.stop()
             smx.start(nofile)
             load_run(SMX_ADDR, ["--connections", "4", "--messages", "1", "--duration", "1"], 60)
             smx.drain(0, 2)
             m = idle_memory(smx, k)
+            if not smx.check_alive(results, "memory K=%d" % k):
+                m["died"] = True
+                smx.start(nofile)
             results["memory"].append(m)
             log("memory strictmxd K=%d: %s" % (k, m))
-        m = idle_memory(pf, PF_IDLE_K)
-        results["memory"].append(m)
-        log("memory postfix K=%d: %s" % (PF_IDLE_K, m))
+        if want("memory"):
+            m = idle_memory(pf, PF_IDLE_K)
+            results["memory"].append(m)
+            log("memory postfix K=%d: %s" % (PF_IDLE_K, m))
 
-        if PERF:
+        if PERF and want("perf"):
             log("perf: strictmxd under 1 msg/conn load")
             results["perf"] = perf_profile(smx, work, 5)
     finally:

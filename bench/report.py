@@ -124,6 +124,10 @@ def render(R):
     smx_mem = {}
     pf_mem = None
     for r in M:
+        if r.get("died"):
+            w("| strictmxd | %d of %d: **the daemon exited during this run** | — | — |"
+              % (r.get("ready", 0), r["k"]))
+            continue
         if r["server"] == "strictmxd":
             smx_mem[r["k"]] = r
             w("| strictmxd | %d of %d (set up in %.1f s) | RSS %d → %d kB, PSS %d → %d kB | "
@@ -139,6 +143,11 @@ def render(R):
                  r.get("smtpd_rss_sum_kb", 0), r.get("smtpd_pss_sum_kb", 0),
                  r.get("kib_per_session_rss", 0), r.get("kib_per_session_pss", 0)))
     w("")
+
+    for inc in R.get("incidents", []):
+        w("**Incident:** strictmxd %s during %s (restarted; see bench/last-run.json)."
+          % (inc["strictmxd"], inc["where"]))
+        w("")
 
     # targets
     big = smx_mem.get(max(smx_mem)) if smx_mem else None

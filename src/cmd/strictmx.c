@@ -6,6 +6,8 @@
  *   strictmx [-c FILE] queue flush
  *   strictmx [-c FILE] queue delete ID
  *   strictmx [-c FILE] policy DOMAIN [--json]
+ *   strictmx [-c FILE] check DOMAIN... [--json] [--no-color] [--port N] [--timeout S]
+ *   strictmx [-c FILE] scan [FILE|-] [options]
  *   strictmx --version | help
  *
  * -c names the daemon's configuration (for data_dir); without it the
@@ -16,6 +18,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "check/check.h"
 #include "policy/policy.h"
 #include "queue/admin.h"
 
@@ -32,6 +35,12 @@ static void usage(FILE *f)
 	    "  queue delete ID           remove a message (no DSN is sent)\n"
 	    "  policy DOMAIN [--json]    what delivery to DOMAIN must prove: each MX and the\n"
 	    "                            method that must verify it (dane, mta-sts+pkix, pkix)\n"
+	    "  check DOMAIN... [--json] [--no-color] [--port N] [--timeout S]\n"
+	    "                            would strictmx deliver? STARTTLS, certificates, DANE,\n"
+	    "                            MTA-STS, TLS-RPT and inbound enforcement, per MX\n"
+	    "  scan [FILE|-] [--concurrency N] [--per-ip N] [--output FILE] [--resume]\n"
+	    "       [--html FILE] [--postfix-policy FILE]\n"
+	    "                            check many domains: JSON lines and a summary\n"
 	    "  help                      this text\n"
 	    "  version                   the version (also --version)\n"
 	    "\n"
@@ -125,6 +134,10 @@ int main(int argc, char **argv)
 	int rc;
 	if (!strcmp(cmd, "queue")) {
 		rc = cmd_queue(&cfg, argc - optind - 1, argv + optind + 1);
+	} else if (!strcmp(cmd, "check")) {
+		rc = check_cli(&cfg, argc - optind - 1, argv + optind + 1);
+	} else if (!strcmp(cmd, "scan")) {
+		rc = scan_cli(&cfg, argc - optind - 1, argv + optind + 1);
 	} else if (!strcmp(cmd, "policy")) {
 		rc = policy_cli(&cfg, argc - optind - 1, argv + optind + 1);
 	} else {

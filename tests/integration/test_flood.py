@@ -30,18 +30,24 @@ IDLE_TLS = 500
 SLOW_CLIENTS = 50
 SLOW_TIMEOUT = 3
 
-# RSS ceilings per held session, for the ASan+UBSan build that CTest runs (make test).
-# Measured on 2 cores (Debian 12, OpenSSL 3.0): ~5 KiB per idle plaintext session and
-# ~50-60 KiB per idle TLS session (after the handshake the SSL object keeps its read and
-# write buffers; ASan adds redzones, shadow memory and its quarantine of the handshake's
-# freed buffers). Ceilings: plaintext 32 KiB (the 64 KiB spool buffer allocated at accept
-# must stay untouched: a ceiling below 64 KiB catches it being written or zeroed), TLS
-# 200 KiB under ASan (issue 7's target is 64 KiB per idle TLS session for the release
-# build; without sanitizers the same test asserts that).
-SANITIZED = os.environ.get("SMX_RSS_SANITIZED", "auto")
-CEIL_PLAIN_KIB = 32
-CEIL_TLS_KIB_ASAN = 200
-CEIL_TLS_KIB_PLAIN = 64
+# RSS ceilings per held session (KiB), measured on 2 cores (Debian 12, OpenSSL 3.0):
+#
+#                       plaintext (after greeting)   TLS 1.3 (after STARTTLS + EHLO)
+#   ASan+UBSan build    24 KiB                       380 KiB
+#   non-sanitized build  8 KiB                        44 KiB
+#
+# Non-sanitized: TLS 64 KiB is the project's target (issue 7); plaintext 16 KiB (each
+# session mallocs a 64 KiB spool buffer at accept: a ceiling well below 64 KiB catches it
+# being touched before DATA).
+# ASan: RSS also holds ASan's redzones and shadow memory and, above all, its quarantine:
+# freed chunks are kept (up to quarantine_size_mb = 256 MiB by default) so that a
+# use-after-free is caught. A TLS handshake allocates and frees ~340 KiB of temporaries,
+# all of which stay quarantined, so under ASan the TLS figure is mostly quarantine, not
+# retained session state (500 sessions x 340 KiB = 166 MiB < 256 MiB). The ASan ceilings
+# are regression guards against gross growth (a session holding megabytes): plaintext
+# 48 KiB (still below the 64 KiB spool buffer), TLS 600 KiB. Under a STRICTMXD_WRAPPER
+# (valgrind) the RSS is the tool's, and is printed only.
+CEIL_KIB = {True: (48, 600), False: (16, 64)}  # asan -> (plaintext, tls)
 
 GREETING_BOUND = 60.0  # all greetings of one batch of connections, loaded machine
 
@@ -78,8 +84,6 @@ def nofile_of(pid):
 
 
 def is_asan(binary):
-    if SANITIZED != "auto":
-        return SANITIZED == "1"
     with open(binary, "rb") as f:
         return b"__asan_init" in f.read()
 
@@ -263,12 +267,12 @@ class IdleSessions(Base):
         per_plain = (rss1 - rss0) / IDLE_PLAIN
         per_tls = (rss2 - rss1) / IDLE_TLS
         asan = is_asan(smxtest.STRICTMXD)
-        ceil_tls = CEIL_TLS_KIB_ASAN if asan else CEIL_TLS_KIB_PLAIN
+        ceil_plain, ceil_tls = CEIL_KIB[asan]
         print("flood: RSS %d KiB -> %d KiB with %d idle plaintext sessions (opened in %.1f s) "
               "-> %d KiB with %d more idle TLS sessions (%.1f s); per session: plaintext "
               "%.1f KiB (ceiling %d), TLS %.1f KiB (ceiling %d, %s build)"
               % (rss0, rss1, IDLE_PLAIN, t_plain, rss2, IDLE_TLS, t_tls, per_plain,
-                 CEIL_PLAIN_KIB, per_tls, ceil_tls, "ASan" if asan else "non-ASan"),
+                 ceil_plain, per_tls, ceil_tls, "ASan" if asan else "non-ASan"),
               flush=True)
 
         # a well-behaved client gets its mail through while all of them are held
@@ -283,8 +287,9 @@ class IdleSessions(Base):
             self.assertEqual(c.cmd("NOOP").code, 250)
         self.assertTrue(d.alive())
 
-        self.assertLess(per_plain, CEIL_PLAIN_KIB, "RSS per idle plaintext session")
-        self.assertLess(per_tls, ceil_tls, "RSS per idle TLS session")
+        if not os.environ.get("STRICTMXD_WRAPPER"):
+            self.assertLess(per_plain, ceil_plain, "RSS per idle plaintext session")
+            self.assertLess(per_tls, ceil_tls, "RSS per idle TLS session")
 
         # everything closed: the daemon frees them all and still serves
         self.close_all(plain)

@@ -53,6 +53,9 @@ def want(part):
     return not ONLY or part in ONLY
 
 SMX_ADDR, PF_ADDR, SSRV_ADDR = "127.0.0.71", "127.0.0.72", "127.0.0.73"
+SMX2_ADDR, SINK_ADDR, SINK_PORT = "127.0.0.74", "127.0.0.75", 2424
+# BENCH_LMTP=1: a second strictmxd that delivers to bench/lmtp-sink.py instead of a Maildir
+LMTP = os.environ.get("BENCH_LMTP", "0") == "1"
 PORT = int(os.environ.get("BENCH_PORT", "2587"))
 SSRV_PORT = 4433
 NAME = "mx.bench.test"
@@ -165,10 +168,10 @@ def make_certs(d):
 # servers
 
 class Strictmx:
-    label = "strictmxd"
-
-    def __init__(self, work, max_conns):
-        self.dir = os.path.join(work, "smx")
+    def __init__(self, work, max_conns, addr=SMX_ADDR, label="strictmxd", lmtp=None):
+        self.addr = addr
+        self.label = label
+        self.dir = os.path.join(work, "smx" if lmtp is None else "smx-lmtp")
         os.mkdir(self.dir)
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "var")
@@ -177,9 +180,10 @@ class Strictmx:
         with open(self.conf, "w") as f:
             f.write("[server]\nhostname = %s\nlisten = %s:%d\ndata_dir = %s\n"
                     "tls_cert = %s/mx.crt\ntls_key = %s/mx.key\nlocal_domains = bench.test\n"
-                    "\n[local_delivery]\nmaildir = %s/mail\n"
+                    "\n[local_delivery]\n%s\n"
                     "\n[limits]\nconnections = %d\nconnections_per_ip = %d\n"
-                    % (NAME, SMX_ADDR, PORT, self.data, work, work, self.data,
+                    % (NAME, addr, PORT, self.data, work, work,
+                       ("maildir = %s/mail" % self.data) if lmtp is None else ("lmtp = " + lmtp),
                        max_conns + 100, max_conns + 100))
         self.log = os.path.join(self.dir, "daemon.log")
         self.proc = None
@@ -191,7 +195,7 @@ class Strictmx:
         self.proc = subprocess.Popen([STRICTMXD, "-c", self.conf], stdin=subprocess.DEVNULL,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      cwd=self.dir, preexec_fn=pre)
-        if not poll(lambda: self.proc.poll() is not None or can_connect(SMX_ADDR, PORT), 30):
+        if not poll(lambda: self.proc.poll() is not None or can_connect(self.addr, PORT), 30):
             raise RuntimeError("strictmxd not listening; log:\n" + self.log_tail())
         if self.proc.poll() is not None:
             raise RuntimeError("strictmxd exited; log:\n" + self.log_tail())
@@ -233,15 +237,17 @@ class Strictmx:
         except FileNotFoundError:
             return 0
 
-    def drain(self, expected, timeout=120):
-        """Wait until every accepted message is in the Maildir, then empty it."""
-        ok = poll(lambda: self.delivered() >= expected, timeout, 0.2)
+    def queued(self):
         try:
-            for n in os.listdir(self.maildir_new):
-                os.unlink(os.path.join(self.maildir_new, n))
+            return len(os.listdir(os.path.join(self.data, "queue")))
         except FileNotFoundError:
-            pass
-        return ok is not None
+            return 0
+
+    def drain(self, expected, timeout=120):
+        """Wait until the queue is empty (every message delivered). The delivered files
+        stay until the end: deleting thousands of files between runs makes the next
+        run's file creations slower (ext4 skips recently deleted inodes)."""
+        return poll(lambda: self.queued() == 0, timeout, 0.2) is not None
 
     def rss_kb(self):
         r = rollup(self.pid)
@@ -416,9 +422,7 @@ def throughput(srv, addr, msgs, dur):
                          "--size", "4096", "--duration", str(dur)], dur + 120)
     n_all = js["messages"] + js["messages_after_window"]
     srv.accepted += n_all
-    drained = srv.drain(srv.accepted if isinstance(srv, Strictmx) else 0)
-    if isinstance(srv, Strictmx):
-        srv.accepted = 0  # the Maildir was emptied
+    drained = srv.drain(0)
     c1 = srv.cpu()
     js.update({"server": srv.label, "load_before": la, "load_after": loadavg(),
                "server_cpu_s": round(c1 - c0, 3),
@@ -511,8 +515,9 @@ def idle_memory(srv, k, hold=3.0):
         else:
             n, rss, pss = srv.smtpd_mem()
             res.update({"smtpd_processes": n, "smtpd_rss_sum_kb": rss, "smtpd_pss_sum_kb": pss,
-                        "kib_per_session_rss": round(rss / max(1, res["ready"]), 1),
-                        "kib_per_session_pss": round(pss / max(1, res["ready"]), 1)})
+                        # one smtpd process per session (idle leftovers included: per process)
+                        "kib_per_session_rss": round(rss / max(1, n), 1),
+                        "kib_per_session_pss": round(pss / max(1, n), 1)})
     finally:
         p.send_signal(signal.SIGINT)  # no handler: ends the generator at once
         try:
@@ -553,7 +558,10 @@ def perf_profile(smx, work, dur):
         out["perf_stat"] = p.stderr.strip()
         p = run(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(smx.pid), "--",
                  "sleep", str(dur)], dur + 60)
-        gen.communicate(timeout=dur * 2 + 130)
+        o, _e = gen.communicate(timeout=dur * 2 + 130)
+        js = [l for l in o.splitlines() if l.startswith("{")]
+        if js:
+            out["load"] = json.loads(js[-1])
         rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort",
                    "dso,symbol", "-g", "none", "--percent-limit", "1"], 120)
         lines = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
@@ -570,7 +578,7 @@ def perf_profile(smx, work, dur):
         if gen.poll() is None:
             gen.kill()
             gen.wait(10)
-    smx.drain(10 ** 9, timeout=5)  # empty the Maildir (count unknown; bounded)
+    smx.drain(0, timeout=30)
     return out
 
 
@@ -621,30 +629,51 @@ def main():
     make_certs(work)
     smx = Strictmx(work, idle_k)
     pf = Postfix(work, PF_IDLE_K)
+    smx2 = Strictmx(work, CONNS, SMX2_ADDR, "strictmxd (LMTP sink)",
+                    "%s:%d" % (SINK_ADDR, SINK_PORT)) if LMTP else None
+    sink = None
     ss = None
     try:
         smx.start(nofile)
         pf.start(nofile)
+        if smx2:
+            sink = subprocess.Popen([sys.executable, os.path.join(HERE, "lmtp-sink.py"),
+                                     SINK_ADDR, str(SINK_PORT)], stdin=subprocess.DEVNULL)
+            if not poll(lambda: can_connect(SINK_ADDR, SINK_PORT), 20):
+                raise RuntimeError("lmtp-sink not listening")
+            smx2.start(nofile)
         log("strictmxd pid %d on %s:%d, postfix master pid %d on %s:%d"
             % (smx.pid, SMX_ADDR, PORT, pf.pid, PF_ADDR, PORT))
         # warm-up (page cache, process pools), not recorded
-        for srv, addr in ((smx, SMX_ADDR), (pf, PF_ADDR)):
+        servers = [(smx, SMX_ADDR), (pf, PF_ADDR)] + ([(smx2, SMX2_ADDR)] if smx2 else [])
+        for srv, addr in servers:
             throughput(srv, addr, 1, 1)
 
         for r in range(ROUNDS if want("throughput") else 0):
             for msgs in (1, 20):
-                order = ((smx, SMX_ADDR), (pf, PF_ADDR))
-                for srv, addr in order:
+                for srv, addr in servers:
                     js = throughput(srv, addr, msgs, DUR)
                     js["round"] = r + 1
-                    if srv is smx and not smx.check_alive(results, "throughput"):
-                        smx.start(nofile)
+                    if isinstance(srv, Strictmx) and not srv.check_alive(results, "throughput"):
+                        srv.start(nofile)
                     results["throughput"].append(js)
                     log("round %d %s %d msg/conn: %.1f msg/s, p50 %.2f ms, p99 %.2f ms, "
                         "errors %d, server CPU %.3f ms/msg, load %s"
                         % (r + 1, srv.label, msgs, js["msgs_per_s"], js["p50_ms"], js["p99_ms"],
                            js["errors"], js["server_cpu_ms_per_msg"] or 0, js["load_after"]))
 
+        # group commit: how many messages shared one commit (event=queued ... batch=N)
+        try:
+            batches = [int(m) for m in re.findall(r"event=queued .*? batch=(\d+)",
+                                                  open(smx.log, errors="replace").read())]
+            if batches:
+                results["commit_batch"] = {
+                    "messages": len(batches), "mean": round(statistics.mean(batches), 2),
+                    "median": statistics.median(batches), "max": max(batches),
+                    "share_batch_1": round(sum(1 for b in batches if b == 1) / len(batches), 3)}
+                log("group commit batches: %s" % results["commit_batch"])
+        except OSError:
+            pass
         ss = SServer(work)
         for r in range(ROUNDS if want("handshake") else 0):
             for srv, addr, port, direct in ((smx, SMX_ADDR, PORT, False),
@@ -685,6 +714,14 @@ def main():
     finally:
         if ss:
             ss.stop()
+        if smx2:
+            smx2.stop()
+        if sink and sink.poll() is None:
+            sink.terminate()
+            try:
+                sink.wait(10)
+            except subprocess.TimeoutExpired:
+                sink.kill()
         smx.stop()
         pf.stop()
         results["machine"]["load_end"] = loadavg()

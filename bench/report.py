@@ -50,34 +50,52 @@ def render(R):
 
     # throughput
     T = R["throughput"]
-    rows = {}
-    for msgs in (1, 20):
-        s = [r for r in T if r["server"] == "strictmxd" and r["messages_per_conn"] == msgs]
-        p = [r for r in T if r["server"] == "postfix" and r["messages_per_conn"] == msgs]
-        rows[msgs] = (s, p)
+    labels = []
+    for r in T:
+        if r["server"] not in labels:
+            labels.append(r["server"])
     w("### Inbound throughput (STARTTLS required, TLS 1.3/ECDSA P-256, verified, 4 KiB, durable)")
     w("")
-    w("Medians of %d rounds (range in brackets). Server CPU is the server's own CPU time "
-      "(Postfix: master, every child and reaped children) from the start of a run until its "
-      "queue was drained, divided by the messages accepted." % c["rounds"])
+    w("Medians of %d rounds (range in brackets), %d concurrent connections, %g s per run. "
+      "Server CPU: the server's own CPU time (Postfix: master, every child and reaped "
+      "children) from the start of a run until its queue was empty again, divided by the "
+      "messages accepted.%s" % (c["rounds"], c["conns"], c["dur"],
+                                " \"strictmxd (LMTP sink)\" is a what-if: the same daemon with "
+                                "`[local_delivery] lmtp` pointing at bench/lmtp-sink.py, i.e. "
+                                "without the final Maildir delivery (the sink's own CPU is not "
+                                "counted)." if any("LMTP" in l for l in labels) else ""))
     w("")
-    w("| scenario | strictmxd msg/s | Postfix msg/s | ratio | strictmxd p50 / p99 ms | "
-      "Postfix p50 / p99 ms | server CPU ms/msg strictmxd / Postfix | errors |")
+    w("| scenario | server | msg/s | vs Postfix | p50 / p99 ms (end of data → 250) | "
+      "server CPU ms/msg | msgs per server-CPU-s | errors |")
     w("|---|---|---|---|---|---|---|---|")
     ratios = {}
-    for msgs, (s, p) in rows.items():
-        ms, mp = med([r["msgs_per_s"] for r in s]), med([r["msgs_per_s"] for r in p])
-        ratio = ms / mp if ms and mp else None
-        ratios[msgs] = ratio
-        w("| %d msg/conn, %d conns | %s [%s] | %s [%s] | **%s×** | %s / %s | %s / %s | %s / %s | %d / %d |"
-          % (msgs, c["conns"], f1(ms), rng([r["msgs_per_s"] for r in s]), f1(mp),
-             rng([r["msgs_per_s"] for r in p]), f1(ratio, "%.2f"),
-             f1(med([r["p50_ms"] for r in s]), "%.2f"), f1(med([r["p99_ms"] for r in s]), "%.2f"),
-             f1(med([r["p50_ms"] for r in p]), "%.2f"), f1(med([r["p99_ms"] for r in p]), "%.2f"),
-             f1(med([r["server_cpu_ms_per_msg"] for r in s]), "%.2f"),
-             f1(med([r["server_cpu_ms_per_msg"] for r in p]), "%.2f"),
-             sum(r["errors"] for r in s), sum(r["errors"] for r in p)))
+    for msgs in (1, 20):
+        pf = [r for r in T if r["server"] == "postfix" and r["messages_per_conn"] == msgs]
+        mp = med([r["msgs_per_s"] for r in pf])
+        for lab in labels:
+            rs = [r for r in T if r["server"] == lab and r["messages_per_conn"] == msgs]
+            if not rs:
+                continue
+            ms = med([r["msgs_per_s"] for r in rs])
+            ratio = ms / mp if ms and mp else None
+            if lab == "strictmxd":
+                ratios[msgs] = ratio
+            cpu = med([r["server_cpu_ms_per_msg"] for r in rs])
+            w("| %d msg/conn | %s | %s [%s] | %s | %s / %s | %s | %s | %d |"
+              % (msgs, lab, f1(ms), rng([r["msgs_per_s"] for r in rs]),
+                 "—" if lab == "postfix" else "**%s×**" % f1(ratio, "%.2f"),
+                 f1(med([r["p50_ms"] for r in rs]), "%.1f"),
+                 f1(med([r["p99_ms"] for r in rs]), "%.1f"), f1(cpu, "%.2f"),
+                 f1(1000.0 / cpu if cpu else None, "%.0f"), sum(r["errors"] for r in rs)))
     w("")
+
+    cb = R.get("commit_batch")
+    if cb:
+        w("Group commit in strictmxd during these runs (from its log, `event=queued ... "
+          "batch=N`): %d messages, batch size mean %.2f, median %s, max %d; %.0f%% of the "
+          "messages were committed alone." % (cb["messages"], cb["mean"], cb["median"], cb["max"],
+                                               cb["share_batch_1"] * 100))
+        w("")
 
     # handshakes
     H = R["handshake"]
@@ -166,8 +184,9 @@ def render(R):
     if big:
         v = big.get("kib_per_session_rss")
         w("| memory per idle TLS session, %d sessions | ≤ 64 KiB (Postfix ≈ 1.8 MB) | %.1f KiB "
-          "(Postfix %s KiB) | %s |"
+          "(Postfix per smtpd: %s KiB RSS, %s KiB PSS) | %s |"
           % (big.get("ready", 0), v, f1(pf_mem.get("kib_per_session_rss") if pf_mem else None, "%.0f"),
+             f1(pf_mem.get("kib_per_session_pss") if pf_mem else None, "%.0f"),
              met(v <= 64 if big.get("ready", 0) >= 10000 else None)
              if big.get("ready", 0) >= 10000 else (met(v <= 64) + " (at %d sessions, not 10,000)" % big.get("ready", 0))))
     w("| outbound relay to a TLS sink, PKIX/DANE | ≥ 3× Postfix | not measured by this bench | — |")
@@ -213,13 +232,28 @@ def render(R):
         w("```")
         w("")
         if perf.get("perf_trace"):
+            ld = perf.get("load") or {}
+            rate = ld.get("msgs_per_s")
             w("System calls of strictmxd over 3 s of the same load (`perf trace -s`; total "
-              "time includes time blocked in the call):")
+              "time includes time blocked in the call)%s:"
+              % (" — the generator measured %.1f msg/s over the whole profile" % rate
+                 if rate else ""))
             w("")
             w("```")
             w("\n".join(perf["perf_trace"]))
             w("```")
             w("")
+            if rate:
+                per = []
+                for line in perf["perf_trace"][1:]:
+                    f = line.split()
+                    if f[0] in ("fsync", "fdatasync", "openat", "mkdir", "rename", "unlink",
+                                "link", "getpid", "epoll_ctl"):
+                        per.append("%s %.1f (%.2f ms)" % (f[0], int(f[1]) / (rate * 3),
+                                                          float(f[3]) / (rate * 3)))
+                if per:
+                    w("Per message (calls, time), approximately: " + "; ".join(per) + ".")
+                    w("")
         w("Top symbols (self time, ≥ 1 %):")
         w("")
         w("```")

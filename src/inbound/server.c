@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,7 @@ struct inbound_server {
 	size_t n_listeners;
 	struct conn *conns;
 	size_t n_conns;
+	struct event *resume_ev; /* re-enables accepting after EMFILE */
 	uint64_t next_id;
 	char *spool_dir;
 };
@@ -534,6 +536,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
+	/* replies are small and must not wait for the peer's delayed ACK (TLS
+	 * 1.3 session tickets are written separately after the handshake) */
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/*
 	 * CLOSE_ON_FREE: the socket is closed when libevent has really destroyed
 	 * the bufferevent (that may be deferred past a callback), never earlier:
@@ -580,12 +586,29 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
+static void resume_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct inbound_server *srv = arg;
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		evconnlistener_enable(srv->listeners[i]);
+	log_info("event=accept_resumed");
+}
+
+/*
+ * accept_error_cb - EMFILE, ENFILE, ENOBUFS...: the listener stays readable,
+ * so accepting again at once would spin. Pause every listener for a second;
+ * the sessions that end meanwhile give descriptors back.
+ */
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
+	struct inbound_server *srv = arg;
 	int err = EVUTIL_SOCKET_ERROR();
-	log_err("event=accept_error error=\"%s\"", evutil_socket_error_to_string(err));
-	/* EMFILE and friends: listening goes on; existing sessions finish and
-	 * free descriptors. (A pause-and-retry timer is issue 6 material.) */
+	log_err("event=accept_error error=\"%s\" action=pause_1s",
+	        evutil_socket_error_to_string(err));
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		evconnlistener_disable(srv->listeners[i]);
+	struct timeval tv = {.tv_sec = 1};
+	evtimer_add(srv->resume_ev, &tv);
 }
 
 struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
@@ -600,6 +623,7 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 	srv->next_id = ((uint64_t)time(NULL) << 20) ^ ((uint64_t)getpid() << 40);
 	srv->listeners = xcalloc(c->n_listeners, sizeof(*srv->listeners));
 	srv->listener_cfg = xcalloc(c->n_listeners, sizeof(*srv->listener_cfg));
+	srv->resume_ev = evtimer_new(base, resume_accept_cb, srv);
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		const struct config_listener *lc = &c->listeners[i];
 		struct sockaddr_storage ss;
@@ -646,6 +670,8 @@ void inbound_server_free(struct inbound_server **sp)
 		conn_free(srv->conns);
 	for (size_t i = 0; i < srv->n_listeners; i++)
 		evconnlistener_free(srv->listeners[i]);
+	if (srv->resume_ev)
+		event_free(srv->resume_ev);
 	free(srv->listeners);
 	free(srv->listener_cfg);
 	free(srv->spool_dir);

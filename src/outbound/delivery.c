@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -785,6 +787,8 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 		next_addr(d);
 		return;
 	}
+	int one = 1; /* commands are small: no Nagle delay */
+	setsockopt(d->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/* CLOSE_ON_FREE: see conn_close; start_tls detaches it first */
 	d->bev = bufferevent_socket_new(d->ctx->base, d->fd, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(d->bev, read_cb, write_cb, event_cb, d);

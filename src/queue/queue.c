@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -570,14 +571,20 @@ static void send_dsn(struct queue *q, const char *msg_id, const char *sender, ti
 }
 
 /* finish_message - all recipients final: failure DSN, then forget it */
-static void finish_message(struct queue *q, const char *msg_id)
+/*
+ * finish_message - inside the caller's transaction. Returns true when the
+ * message's rows were deleted: the caller removes the body file only AFTER
+ * its COMMIT (remove_body), so a crash in between never leaves a row whose
+ * body is gone.
+ */
+static bool finish_message(struct queue *q, const char *msg_id)
 {
 	sqlite3_stmt *st = prep(q, "SELECT COUNT(*) FROM rcpt WHERE msg_id = ? AND state = 0");
 	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
 	int left = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
 	sqlite3_finalize(st);
 	if (left > 0)
-		return;
+		return false;
 
 	st = prep(q, "SELECT m.sender, m.created, r.rcpt, r.status, r.reply, r.mx, r.detail, "
 	             "r.last_try FROM rcpt r JOIN message m ON m.id = r.msg_id WHERE r.msg_id = ? "
@@ -627,6 +634,12 @@ static void finish_message(struct queue *q, const char *msg_id)
 	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
+	return true;
+}
+
+/* remove_body - after the COMMIT that deleted the message's rows */
+static void remove_body(struct queue *q, const char *msg_id)
+{
 	char *path = body_path(q, msg_id);
 	if (unlink(path) < 0 && errno != ENOENT)
 		log_warn("event=queue_error error=\"unlink %s: %s\"", path, strerror(errno));
@@ -760,9 +773,13 @@ void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_re
 		}
 	}
 	free(delayed);
-	finish_message(q, job->msg_id);
-	if (db_exec(q, "COMMIT") < 0)
+	bool removed = finish_message(q, job->msg_id);
+	if (db_exec(q, "COMMIT") < 0) {
 		db_exec(q, "ROLLBACK");
+		removed = false;
+	}
+	if (removed)
+		remove_body(q, job->msg_id);
 	job_free(a);
 	schedule_scan(q, 0);
 }
@@ -779,27 +796,80 @@ static void recover(struct queue *q)
 {
 	sqlite3_stmt *st = prep(q, "SELECT id FROM message");
 	size_t missing = 0, total = 0;
+	char **lost = NULL;
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		const char *id = (const char *)sqlite3_column_text(st, 0);
 		char *path = body_path(q, id);
 		struct stat sb;
 		total++;
 		if (stat(path, &sb) < 0) {
-			/* never silently: say so, and fail its recipients (a DSN follows) */
-			log_err("event=queue_corrupt id=%s error=\"body file %s missing\"", id,
-			        path);
-			sqlite3_stmt *u = prep(q, "UPDATE rcpt SET state = 2, status = '4.3.0', "
-			                          "detail = 'queue file lost' WHERE msg_id = ? AND "
-			                          "state = 0");
-			sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
-			sqlite3_step(u);
-			sqlite3_finalize(u);
-			missing++;
+			lost = xrealloc(lost, (missing + 1) * sizeof(*lost));
+			lost[missing++] = xstrdup(id);
 		}
 		free(path);
 	}
 	sqlite3_finalize(st);
-	log_info("event=queue_recovered messages=%zu missing_bodies=%zu", total, missing);
+	for (size_t i = 0; i < missing; i++) {
+		/* never silently: say so, fail what was still queued (the sender
+		 * gets a DSN), and finish the message so the queue flows on */
+		log_err("event=queue_corrupt id=%s error=\"body file missing\"", lost[i]);
+		if (db_exec(q, "BEGIN IMMEDIATE") == 0) {
+			sqlite3_stmt *u = prep(q, "UPDATE rcpt SET state = 2, status = '4.3.0', "
+			                          "detail = 'queue file lost' WHERE msg_id = ? AND "
+			                          "state = 0");
+			sqlite3_bind_text(u, 1, lost[i], -1, SQLITE_STATIC);
+			sqlite3_step(u);
+			sqlite3_finalize(u);
+			bool removed = finish_message(q, lost[i]);
+			if (db_exec(q, "COMMIT") < 0)
+				db_exec(q, "ROLLBACK");
+			else if (removed)
+				log_info("event=removed id=%s reason=body_missing", lost[i]);
+		}
+		free(lost[i]);
+	}
+	free(lost);
+
+	/* Files without a row: a body whose commit never happened (the client
+	 * got no 250 and sends again) or whose message was finished just before
+	 * a crash. At start nothing is in flight, so they can go. */
+	size_t orphans = 0;
+	DIR *dir = opendir(q->dir);
+	struct dirent *de;
+	sqlite3_stmt *has = prep(q, "SELECT 1 FROM message WHERE id = ?");
+	while (dir && (de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || de->d_name[1] == '.'))
+			continue;
+		sqlite3_reset(has);
+		sqlite3_bind_text(has, 1, de->d_name, -1, SQLITE_TRANSIENT);
+		if (sqlite3_step(has) == SQLITE_ROW)
+			continue;
+		char *path = xasprintf("%s/%s", q->dir, de->d_name);
+		if (unlink(path) == 0)
+			orphans++;
+		free(path);
+	}
+	sqlite3_finalize(has);
+	if (dir)
+		closedir(dir);
+	/* the spool holds only messages still arriving: none at start */
+	char *spool = xasprintf("%s/spool", q->cfg->data_dir);
+	dir = opendir(spool);
+	size_t partial = 0;
+	while (dir && (de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *path = xasprintf("%s/%s", spool, de->d_name);
+		if (unlink(path) == 0)
+			partial++;
+		free(path);
+	}
+	if (dir)
+		closedir(dir);
+	free(spool);
+	log_info("event=queue_recovered messages=%zu missing_bodies=%zu orphan_files=%zu "
+	         "partial_spool=%zu",
+	         total, missing, orphans, partial);
 }
 
 struct queue *queue_open(struct event_base *base, const struct config *c, char *err, size_t errlen)

@@ -262,10 +262,23 @@ class CrashSafety(unittest.TestCase):
             r = cli(d, "queue", "list", "--json")
             return r.returncode == 0 and json.loads(r.stdout) == []
 
-        self.assertTrue(smxtest.poll(queue_empty, QUEUE_DRAIN, 0.5),
-                        "queue not empty %.0f s after the load: %s\nlog tail:\n%s"
-                        % (QUEUE_DRAIN, cli(d, "queue", "list").stdout[:3000],
-                           d.log_text()[-3000:]))
+        t = time.monotonic()
+        drained = smxtest.poll(queue_empty, QUEUE_DRAIN, 0.5)
+        print("crash: queue drained in %.1f s after the load" % (time.monotonic() - t),
+              flush=True)
+        if not drained:
+            r = cli(d, "queue", "list", "--json")
+            stuck = []
+            try:
+                stuck = [m["id"] for m in json.loads(r.stdout)]
+            except ValueError:
+                pass
+            log = d.log_text()
+            about = "\n".join(l for l in log.splitlines() if any(q in l for q in stuck[:3]))
+            self.fail("queue not empty %.0f s after the load (rc %d): %s %s\nlog lines of "
+                      "the first stuck ids:\n%s\nlog tail:\n%s"
+                      % (QUEUE_DRAIN, r.returncode, r.stdout[:3000], r.stderr[:500],
+                         about[-4000:], log[-2000:]))
 
         # read every delivered message
         delivered = collections.Counter()

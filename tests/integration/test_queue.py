@@ -95,8 +95,10 @@ class QueueCli(unittest.TestCase):
             del os.environ["SMX_KEEP_TMP"]
         self.d._stopped = False
         self.d.start()
+        # the daemon listens before it has opened the queue: wait for it
+        self.assertTrue(smxtest.poll(lambda: "event=queue_recovered messages=5 missing_bodies=0"
+                                     in self.d.log_text(), 30), self.d.log_text())
         self.assertEqual(len(self.queued_ids()), 5)
-        self.assertIn("event=queue_recovered messages=5 missing_bodies=0", self.d.log_text())
 
 
 class ExpiryDsn(unittest.TestCase):

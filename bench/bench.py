@@ -530,16 +530,22 @@ def idle_memory(srv, k, hold=3.0):
 
 
 def perf_profile(smx, work, dur):
-    """perf stat and perf record of strictmxd under the 1 msg/conn load."""
+    """perf stat, perf record and perf trace of strictmxd under the 1 msg/conn load."""
     out = {}
     data = os.path.join(work, "perf.data")
     gen = subprocess.Popen([SMTP_LOAD, "--host", SMX_ADDR, "--port", str(PORT), "--cafile", CA,
                             "--servername", NAME, "--rcpt", RCPT, "--quiet", "--connections",
-                            str(CONNS), "--messages", "1", "--duration", str(dur * 2 + 8)] + BIND,
+                            str(CONNS), "--messages", "1", "--duration", str(dur * 2 + 12)] + BIND,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
+        p = run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
+                 "-p", str(smx.pid), "--", "sleep", str(dur)], dur + 30)
+        out["perf_stat"] = p.stderr.strip()
+        p = run(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(smx.pid), "--",
+                 "sleep", str(dur)], dur + 60)
+        # last: perf trace slows the traced process down the most
         tr = os.path.join(work, "perf-trace.txt")
         run(["perf", "trace", "-s", "-p", str(smx.pid), "-o", tr, "--", "sleep", "3"], 60)
         try:
@@ -553,11 +559,6 @@ def perf_profile(smx, work, dur):
                 [r[1] for r in rows[:12]]
         except OSError:
             pass
-        p = run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
-                 "-p", str(smx.pid), "--", "sleep", str(dur)], dur + 30)
-        out["perf_stat"] = p.stderr.strip()
-        p = run(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(smx.pid), "--",
-                 "sleep", str(dur)], dur + 60)
         o, _e = gen.communicate(timeout=dur * 2 + 130)
         js = [l for l in o.splitlines() if l.startswith("{")]
         if js:
@@ -594,9 +595,14 @@ def machine():
     ossl = run(["openssl", "version"], 10).stdout.strip()
     pfv = run(["postconf", "-d", "-h", "mail_version"], 10).stdout.strip()
     mem = open("/proc/meminfo").readline().split()[1]
+    try:
+        rev = run(["git", "-C", ROOT, "describe", "--always", "--dirty"], 10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        rev = ""
     return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "openssl": ossl, "postfix": pfv, "mem_gib": round(int(mem) / 1048576, 1),
-            "load_start": loadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "load_start": loadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "source": rev}
 
 
 def med(vals):

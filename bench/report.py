@@ -38,6 +38,9 @@ def render(R):
     w("| | |")
     w("|---|---|")
     w("| date | %s |" % m["date"])
+    if m.get("source"):
+        w("| source | `%s` (`git describe --always --dirty` of the tree that was built) |"
+          % m["source"])
     w("| CPU | %d × %s (`nproc` = %d) |" % (m["nproc"], m["cpu_model"], m["nproc"]))
     w("| memory, kernel | %s GiB, Linux %s |" % (m["mem_gib"], m["kernel"]))
     w("| OpenSSL, Postfix | %s; Postfix %s |" % (m["openssl"], m["postfix"]))

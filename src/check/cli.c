@@ -286,9 +286,8 @@ static char **read_domains(FILE *f, size_t *n)
 	char *line = NULL;
 	size_t cap = 0, nd = 0, cd = 0;
 	char **d = NULL;
-	ssize_t len;
 
-	while ((len = getline(&line, &cap, f)) >= 0) {
+	while (getline(&line, &cap, f) >= 0) {
 		char *h = strchr(line, '#');
 		if (h)
 			*h = '\0';

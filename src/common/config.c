@@ -150,7 +150,7 @@ int config_parse_duration(const char *v, unsigned *out)
 {
 	static const uint64_t m[] = {1, 60, 3600, 86400};
 	uint64_t n;
-	if (parse_number(v, "smhd", m, &n) < 0 || n == 0 || n > 30 * 86400)
+	if (parse_number(v, "smhd", m, &n) < 0 || n == 0 || n > (uint64_t)30 * 86400)
 		return -1;
 	*out = (unsigned)n;
 	return 0;

@@ -26,7 +26,7 @@
 #include "smtp/replyparse.h"
 
 #define LMTP_LINE_MAX 4096
-#define LMTP_OUT_LOW  (64 * 1024)
+#define LMTP_OUT_LOW  ((size_t)64 * 1024)
 
 enum lmtp_state { L_GREETING, L_LHLO, L_MAIL, L_RCPT, L_DATA, L_BODY, L_DOT, L_QUIT };
 

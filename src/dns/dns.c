@@ -91,7 +91,7 @@ struct mx_op {
 
 static size_t bucket_of(const struct dns_ctx *ctx, int id)
 {
-	return ((unsigned)id * 2654435761u) & (ctx->n_buckets - 1);
+	return ((size_t)(unsigned)id * 2654435761u) & (ctx->n_buckets - 1);
 }
 
 static struct job *job_find(struct dns_ctx *ctx, int id)
@@ -460,7 +460,7 @@ static void query_finish(struct query *q, int rcode, const void *pkt, int len, i
 		r.error = "DNSSEC validation failed";
 		if (pkt != NULL && len > 0)
 			(void)dns_wire_parse(pkt, (size_t)len, q->qtype, &r.answer);
-	} else if (rcode == DNS_RCODE_NXDOMAIN) {
+	} else if (rcode == DNS_RCODE_NXDOMAIN) { // NOLINT(bugprone-branch-clone)
 		r.status = DNS_NXDOMAIN;
 	} else if (rcode != 0) {
 		/* the packet is stale here: libunbound says not to read it */
@@ -476,7 +476,8 @@ static void query_finish(struct query *q, int rcode, const void *pkt, int len, i
 	} else if (r.answer.rcode == DNS_RCODE_NOERROR) {
 		/* the callback's rcode stays 0 for NXDOMAIN: the header tells */
 		r.status = r.answer.n_rrs > 0 ? DNS_OK : DNS_NODATA;
-	} else if (r.answer.rcode == DNS_RCODE_NXDOMAIN) {
+		/* the header's NXDOMAIN (the callback's rcode said 0) */
+	} else if (r.answer.rcode == DNS_RCODE_NXDOMAIN) { // NOLINT(bugprone-branch-clone)
 		r.status = DNS_NXDOMAIN;
 	} else {
 		r.status = DNS_TEMPFAIL;

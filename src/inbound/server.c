@@ -41,9 +41,9 @@
 #include "queue/queue.h"
 #include "tls/server.h"
 
-#define IN_CHUNK  65536        /* bytes handed to the session at once */
-#define OUT_HIGH  (256 * 1024) /* stop reading while this much output waits */
-#define SPOOL_BUF 65536        /* spool writes are batched */
+#define IN_CHUNK  65536                /* bytes handed to the session at once */
+#define OUT_HIGH  ((size_t)256 * 1024) /* stop reading while this much output waits */
+#define SPOOL_BUF 65536                /* spool writes are batched */
 
 struct conn {
 	struct inbound_server *srv;
@@ -667,7 +667,8 @@ void inbound_server_free(struct inbound_server **sp)
 	if (srv == NULL)
 		return;
 	while (srv->conns)
-		conn_free(srv->conns);
+		/* the callee unlinks the head: no use after free */
+		conn_free(srv->conns); // NOLINT(clang-analyzer-unix.Malloc)
 	for (size_t i = 0; i < srv->n_listeners; i++)
 		evconnlistener_free(srv->listeners[i]);
 	if (srv->resume_ev)

@@ -38,7 +38,7 @@
 #include "policy/policy.h"
 #include "tls/client.h"
 
-#define OUT_LOW  (64 * 1024) /* body is pumped while less than this waits */
+#define OUT_LOW  ((size_t)64 * 1024) /* body is pumped while less than this waits */
 #define IN_CHUNK 65536
 
 #define POOL_IDLE_SECS 5 /* an idle verified connection waits this long for more mail */
@@ -1065,9 +1065,10 @@ void outbound_ctx_free(struct outbound_ctx **cp)
 	if (ctx == NULL)
 		return;
 	while (ctx->all)
-		delivery_free(ctx->all);
+		/* the callee unlinks the head: no use after free */
+		delivery_free(ctx->all); // NOLINT(clang-analyzer-unix.Malloc)
 	while (ctx->pool)
-		pool_free(ctx->pool);
+		pool_free(ctx->pool); // NOLINT(clang-analyzer-unix.Malloc): unlinks the head
 	policy_free(&ctx->policy);
 	SSL_CTX_free(ctx->tls);
 	free(ctx);

@@ -262,7 +262,7 @@ void policy_fetcher_free(struct policy_fetcher **pf)
 	while (f->head != NULL) {
 		struct policy_fetch *q = f->head;
 
-		fetch_unlink(q);
+		fetch_unlink(q);  // NOLINT(clang-analyzer-unix.Malloc): q is the live head
 		fetch_destroy(q); /* curl's CURL_POLL_REMOVE frees the socket events */
 	}
 	curl_multi_cleanup(f->multi);

@@ -79,7 +79,7 @@ int tls_cert_fingerprint(X509 *x, char *buf, size_t len)
 		return -1;
 	if (len < (size_t)mdlen * 3)
 		return -1;
-	for (unsigned int i = 0; i < mdlen; i++) {
+	for (size_t i = 0; i < mdlen; i++) {
 		buf[i * 3] = hex[md[i] >> 4];
 		buf[i * 3 + 1] = hex[md[i] & 15];
 		buf[i * 3 + 2] = i + 1 < mdlen ? ':' : '\0';

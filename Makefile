@@ -16,7 +16,7 @@ deps-test:
 	scripts/deps.sh test
 
 build: deps
-	cmake -S . -B $(BUILD) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRICTMX_WERROR=ON
 	cmake --build $(BUILD)
 
 # Starts the daemon in the foreground on the embedded default (127.0.0.1:2525).

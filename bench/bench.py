@@ -586,12 +586,19 @@ def perf_profile(smx, work, dur):
 # ---------------------------------------------------------------------------
 
 def machine():
-    model = ""
+    model, detail = "", {}
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            k, _, v = line.partition(":")
+            k, v = k.strip(), v.strip()
+            if k == "model name" and not model:
+                model = v
+            elif k in ("cpu family", "model", "cpu MHz") and k not in detail:
+                detail[k] = v
+    if detail:
+        model += " (family %s, model %s, %s MHz)" % (detail.get("cpu family", "?"),
+                                                     detail.get("model", "?"),
+                                                     detail.get("cpu MHz", "?"))
     ossl = run(["openssl", "version"], 10).stdout.strip()
     pfv = run(["postconf", "-d", "-h", "mail_version"], 10).stdout.strip()
     mem = open("/proc/meminfo").readline().split()[1]

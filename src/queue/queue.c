@@ -51,6 +51,7 @@ struct pending {
 struct active_job {
 	struct active_job *next;
 	struct queue_job job;
+	struct queue_rcpt_result *results; /* set when done, until committed */
 };
 
 struct queue {
@@ -61,6 +62,7 @@ struct queue {
 	struct pending *pending, **pending_tail;
 	struct event *commit_ev;
 	struct event *sched_ev;
+	struct event *results_ev; /* commits finished jobs' results, grouped */
 	struct active_job *active;
 	size_t n_active;
 	uint64_t next_job;
@@ -329,6 +331,7 @@ static void job_free(struct active_job *a)
 	free(a->job.sender);
 	free(a->job.body_path);
 	free(a->job.domain);
+	free(a->results);
 	free(a);
 }
 
@@ -647,18 +650,14 @@ static void remove_body(struct queue *q, const char *msg_id)
 	log_info("event=removed id=%s", msg_id);
 }
 
-void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_result *res)
+/*
+ * apply_results - one job's results, inside the caller's open transaction.
+ * Returns true when the message is finished and its rows were deleted (the
+ * caller removes the body after COMMIT).
+ */
+static bool apply_results(struct queue *q, struct active_job *a,
+                          const struct queue_rcpt_result *res)
 {
-	struct active_job **pp = &q->active, *a = NULL;
-	for (; *pp; pp = &(*pp)->next)
-		if ((*pp)->job.job_id == job_id) {
-			a = *pp;
-			*pp = a->next;
-			q->n_active--;
-			break;
-		}
-	if (a == NULL)
-		return;
 	time_t now = time(NULL);
 	const struct queue_job *job = &a->job;
 
@@ -667,18 +666,12 @@ void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_re
 	if (sqlite3_step(mst) != SQLITE_ROW) {
 		/* deleted meanwhile (strictmx queue delete) */
 		sqlite3_finalize(mst);
-		job_free(a);
-		schedule_scan(q, 0);
-		return;
+		return false;
 	}
 	time_t created = (time_t)sqlite3_column_int64(mst, 0);
 	bool warned = sqlite3_column_int(mst, 1) != 0;
 	sqlite3_finalize(mst);
 
-	if (db_exec(q, "BEGIN IMMEDIATE") < 0) {
-		job_free(a);
-		return; /* rows stay queued: retried after a restart or the next scan */
-	}
 	sqlite3_stmt *up = prep(q, "UPDATE rcpt SET state = ?, attempts = attempts + 1, "
 	                           "next_try = ?, last_try = ?, status = ?, reply = ?, mx = ?, "
 	                           "detail = ? WHERE msg_id = ? AND rcpt = ?");
@@ -773,14 +766,68 @@ void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_re
 		}
 	}
 	free(delayed);
-	bool removed = finish_message(q, job->msg_id);
-	if (db_exec(q, "COMMIT") < 0) {
-		db_exec(q, "ROLLBACK");
-		removed = false;
+	return finish_message(q, job->msg_id);
+}
+
+void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_result *res)
+{
+	struct active_job *a = NULL;
+	for (struct active_job *it = q->active; it; it = it->next)
+		if (it->job.job_id == job_id && it->results == NULL)
+			a = it;
+	if (a == NULL)
+		return;
+	/* The job stays in the active list (its recipients are not picked up
+	 * again) until the results are committed, together with those of every
+	 * other job that finishes in this turn of the loop: one transaction,
+	 * one fsync for all of them. */
+	size_t n = a->job.n_rcpts ? a->job.n_rcpts : 1;
+	a->results = xcalloc(n, sizeof(*a->results));
+	memcpy(a->results, res, a->job.n_rcpts * sizeof(*res));
+	if (!event_pending(q->results_ev, EV_TIMEOUT, NULL)) {
+		struct timeval tv = {0, 0};
+		event_add(q->results_ev, &tv);
 	}
-	if (removed)
-		remove_body(q, job->msg_id);
-	job_free(a);
+}
+
+/* results_cb - commit the results of every finished job at once */
+static void results_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	size_t n_done = 0;
+	for (struct active_job *a = q->active; a; a = a->next)
+		n_done += a->results != NULL;
+	if (n_done == 0)
+		return;
+	char **removed = xcalloc(n_done, sizeof(*removed));
+	size_t n_removed = 0;
+	bool ok = db_exec(q, "BEGIN IMMEDIATE") == 0;
+	for (struct active_job *a = q->active; ok && a; a = a->next)
+		if (a->results && apply_results(q, a, a->results))
+			removed[n_removed++] = xstrdup(a->job.msg_id);
+	if (ok && db_exec(q, "COMMIT") < 0) {
+		db_exec(q, "ROLLBACK");
+		ok = false;
+	}
+	/* bodies go only after the COMMIT that deleted their rows */
+	for (size_t i = 0; i < n_removed; i++) {
+		if (ok)
+			remove_body(q, removed[i]);
+		free(removed[i]);
+	}
+	free(removed);
+	/* finished jobs leave the active list; if the commit failed their rows
+	 * stay queued and are retried at the next scan */
+	for (struct active_job **pp = &q->active; *pp;) {
+		struct active_job *a = *pp;
+		if (a->results == NULL) {
+			pp = &a->next;
+			continue;
+		}
+		*pp = a->next;
+		q->n_active--;
+		job_free(a);
+	}
 	schedule_scan(q, 0);
 }
 
@@ -902,6 +949,7 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	}
 	q->commit_ev = evtimer_new(base, commit_cb, q);
 	q->sched_ev = evtimer_new(base, scan_cb, q);
+	q->results_ev = evtimer_new(base, results_cb, q);
 	recover(q);
 	return q;
 }
@@ -913,6 +961,8 @@ void queue_close(struct queue **qp)
 		return;
 	if (q->commit_ev && q->pending)
 		commit_cb(-1, 0, q); /* what was accepted is committed before we stop */
+	if (q->results_ev)
+		results_cb(-1, 0, q); /* and what was delivered is recorded */
 	while (q->active) {
 		struct active_job *a = q->active;
 		q->active = a->next;
@@ -922,6 +972,8 @@ void queue_close(struct queue **qp)
 		event_free(q->commit_ev);
 	if (q->sched_ev)
 		event_free(q->sched_ev);
+	if (q->results_ev)
+		event_free(q->results_ev);
 	if (q->db)
 		sqlite3_close(q->db);
 	free(q->dir);

@@ -32,6 +32,14 @@
 
 enum rcpt_state { RS_QUEUED = 0, RS_DELIVERED = 1, RS_FAILED = 2 };
 
+#define STMT_CACHE 32
+
+struct stmt_cache {
+	const char *sql;
+	sqlite3_stmt *st;
+	bool busy;
+};
+
 struct pending {
 	struct pending *next;
 	char id[40];
@@ -63,6 +71,7 @@ struct queue {
 	struct event *commit_ev;
 	struct event *sched_ev;
 	struct event *results_ev; /* commits finished jobs' results, grouped */
+	struct stmt_cache stmts[STMT_CACHE];
 	struct active_job *active;
 	size_t n_active;
 	uint64_t next_job;
@@ -105,12 +114,47 @@ static int db_exec(struct queue *q, const char *sql)
 	return 0;
 }
 
+/*
+ * prep / unprep - prepared statements are kept and reused (compiling SQL was
+ * about a tenth of the CPU per message). Keyed by the SQL text's address:
+ * every statement here is a string literal. A statement already in use
+ * (nested use of the same SQL) gets a fresh, uncached one.
+ */
 static sqlite3_stmt *prep(struct queue *q, const char *sql)
 {
+	struct stmt_cache *free_slot = NULL;
+	for (size_t i = 0; i < STMT_CACHE; i++) {
+		struct stmt_cache *c = &q->stmts[i];
+		if (c->sql == sql && !c->busy) {
+			sqlite3_reset(c->st);
+			sqlite3_clear_bindings(c->st);
+			c->busy = true;
+			return c->st;
+		}
+		if (c->sql == NULL && free_slot == NULL)
+			free_slot = c;
+	}
 	sqlite3_stmt *st = NULL;
-	if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v3(q->db, sql, -1, free_slot ? SQLITE_PREPARE_PERSISTENT : 0, &st,
+	                       NULL) != SQLITE_OK)
 		fatal("queue: prepare \"%s\": %s", sql, sqlite3_errmsg(q->db));
+	if (free_slot) {
+		free_slot->sql = sql;
+		free_slot->st = st;
+		free_slot->busy = true;
+	}
 	return st;
+}
+
+static void unprep(struct queue *q, sqlite3_stmt *st)
+{
+	for (size_t i = 0; i < STMT_CACHE; i++)
+		if (q->stmts[i].st == st) {
+			sqlite3_reset(st);
+			q->stmts[i].busy = false;
+			return;
+		}
+	sqlite3_finalize(st);
 }
 
 static int fsync_path(const char *dir)
@@ -193,7 +237,7 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 	sqlite3_bind_text(m, 5, p->client_ip, -1, SQLITE_STATIC);
 	sqlite3_bind_int(m, 6, p->tls);
 	int rc = sqlite3_step(m) == SQLITE_DONE ? 0 : -1;
-	sqlite3_finalize(m);
+	unprep(q, m);
 	if (rc < 0)
 		return -1;
 	sqlite3_stmt *r = prep(q, "INSERT OR IGNORE INTO rcpt (msg_id, rcpt, domain, local_user, "
@@ -211,7 +255,7 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 		if (sqlite3_step(r) != SQLITE_DONE)
 			rc = -1;
 	}
-	sqlite3_finalize(r);
+	unprep(q, r);
 	return rc;
 }
 
@@ -392,7 +436,7 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 		a->job.local_users[a->job.n_rcpts] = user ? xstrdup(user) : NULL;
 		a->job.n_rcpts++;
 	}
-	sqlite3_finalize(st);
+	unprep(q, st);
 
 	/* move to the active list first: a deliverer may finish synchronously */
 	while (building) {
@@ -420,7 +464,7 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 			 * when this scan could start nothing */
 			next = n_new ? now : now + 1;
 	}
-	sqlite3_finalize(st);
+	unprep(q, st);
 	schedule_scan(q, next);
 }
 
@@ -585,7 +629,7 @@ static bool finish_message(struct queue *q, const char *msg_id)
 	sqlite3_stmt *st = prep(q, "SELECT COUNT(*) FROM rcpt WHERE msg_id = ? AND state = 0");
 	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
 	int left = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
-	sqlite3_finalize(st);
+	unprep(q, st);
 	if (left > 0)
 		return false;
 
@@ -620,7 +664,7 @@ static bool finish_message(struct queue *q, const char *msg_id)
 		}
 		r->last_attempt = (time_t)sqlite3_column_int64(st, 7);
 	}
-	sqlite3_finalize(st);
+	unprep(q, st);
 	if (n)
 		send_dsn(q, msg_id, sender, created, false, rs, n);
 	for (size_t i = 0; i < n; i++) {
@@ -636,7 +680,7 @@ static bool finish_message(struct queue *q, const char *msg_id)
 	st = prep(q, "DELETE FROM message WHERE id = ?");
 	sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
 	sqlite3_step(st);
-	sqlite3_finalize(st);
+	unprep(q, st);
 	return true;
 }
 
@@ -665,12 +709,12 @@ static bool apply_results(struct queue *q, struct active_job *a,
 	sqlite3_bind_text(mst, 1, job->msg_id, -1, SQLITE_STATIC);
 	if (sqlite3_step(mst) != SQLITE_ROW) {
 		/* deleted meanwhile (strictmx queue delete) */
-		sqlite3_finalize(mst);
+		unprep(q, mst);
 		return false;
 	}
 	time_t created = (time_t)sqlite3_column_int64(mst, 0);
 	bool warned = sqlite3_column_int(mst, 1) != 0;
-	sqlite3_finalize(mst);
+	unprep(q, mst);
 
 	sqlite3_stmt *up = prep(q, "UPDATE rcpt SET state = ?, attempts = attempts + 1, "
 	                           "next_try = ?, last_try = ?, status = ?, reply = ?, mx = ?, "
@@ -753,13 +797,13 @@ static bool apply_results(struct queue *q, struct active_job *a,
 			};
 		}
 	}
-	sqlite3_finalize(up);
+	unprep(q, up);
 	if (n_delayed) {
 		send_dsn(q, job->msg_id, job->sender, created, true, delayed, n_delayed);
 		sqlite3_stmt *w = prep(q, "UPDATE message SET warned = 1 WHERE id = ?");
 		sqlite3_bind_text(w, 1, job->msg_id, -1, SQLITE_STATIC);
 		sqlite3_step(w);
-		sqlite3_finalize(w);
+		unprep(q, w);
 		for (size_t i = 0; i < n_delayed; i++) {
 			free((char *)delayed[i].diagnostic);
 			free((char *)delayed[i].detail);
@@ -855,7 +899,7 @@ static void recover(struct queue *q)
 		}
 		free(path);
 	}
-	sqlite3_finalize(st);
+	unprep(q, st);
 	for (size_t i = 0; i < missing; i++) {
 		/* never silently: say so, fail what was still queued (the sender
 		 * gets a DSN), and finish the message so the queue flows on */
@@ -866,7 +910,7 @@ static void recover(struct queue *q)
 			                          "state = 0");
 			sqlite3_bind_text(u, 1, lost[i], -1, SQLITE_STATIC);
 			sqlite3_step(u);
-			sqlite3_finalize(u);
+			unprep(q, u);
 			bool removed = finish_message(q, lost[i]);
 			if (db_exec(q, "COMMIT") < 0)
 				db_exec(q, "ROLLBACK");
@@ -896,7 +940,7 @@ static void recover(struct queue *q)
 			orphans++;
 		free(path);
 	}
-	sqlite3_finalize(has);
+	unprep(q, has);
 	if (dir)
 		closedir(dir);
 	/* the spool holds only messages still arriving: none at start */
@@ -974,6 +1018,9 @@ void queue_close(struct queue **qp)
 		event_free(q->sched_ev);
 	if (q->results_ev)
 		event_free(q->results_ev);
+	for (size_t i = 0; i < STMT_CACHE; i++)
+		if (q->stmts[i].st)
+			sqlite3_finalize(q->stmts[i].st);
 	if (q->db)
 		sqlite3_close(q->db);
 	free(q->dir);

@@ -52,6 +52,7 @@ format-check:
 # settings in bench/bench.py). BENCH_BUILD_ONLY=1 only builds.
 bench:
 	BUILD=$(BUILD) bench/run.sh
+	BUILD=$(BUILD) BENCH_NO_BUILD=1 bench/scan-bench.sh
 
 # Valgrind memcheck: a non-sanitized debug build, and integration tests whose daemon runs
 # under valgrind (smxtest.py honours STRICTMXD_WRAPPER); a valgrind error exits 99, which

@@ -153,5 +153,61 @@ class SmugglingThroughRelay(unittest.TestCase):
         self.assertNotIn("spoof@evil.lab", log if isinstance(log, str) else log.decode())
 
 
+# security-anchors.md §2.3: every end-of-data sequence a smuggler may try
+EOD_SEQUENCES = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\r.\r\n",
+                 b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\x00\r\n",
+                 b"\r\n.\r\r\n", b"\r\r\n.\r\r\n"]
+
+
+class SmugglingSequencesThroughRelay(unittest.TestCase):
+    """Each sequence, sent to strictmx (relaying to a real Postfix) inside DATA followed by
+    a complete second transaction: strictmx refuses the message (never a 250 for it), and
+    Postfix never sees a message from the smuggled sender."""
+
+    def test_no_second_message_ever(self):
+        ca = TestCA()
+        self.addCleanup(ca.close)
+        mx = PostfixMX("127.0.0.92", ca, tls="valid", host="mx.smuggle2.lab")
+        mx.start()
+        self.addCleanup(mx.stop)
+        d = daemon("relay_networks = 127.0.0.0/8\n"
+                   "\n[outbound]\nca_file = %s\n"
+                   '\n[domain "smuggle2.lab"]\nroute = 127.0.0.92:25\nmatch = mx.smuggle2.lab\n'
+                   % ca.ca_file)
+        self.addCleanup(d.stop)
+        for seq in EOD_SEQUENCES:
+            with session(d.port) as c:
+                c.ehlo()
+                c.starttls()
+                c.ehlo()
+                self.assertEqual(c.cmd("MAIL FROM:<a@example.org>").code, 250)
+                self.assertEqual(c.cmd("RCPT TO:<victim@smuggle2.lab>").code, 250)
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(b"Subject: carrier\r\n\r\nA" + seq +
+                       b"MAIL FROM:<spoof@evil.lab>\r\nRCPT TO:<victim@smuggle2.lab>\r\n"
+                       b"DATA\r\nSubject: smuggled\r\n\r\nB\r\n.\r\n")
+                lines, closed, _ = c.replies_until_closed(15)
+                self.assertTrue(lines, "no reply for %r" % seq)
+                self.assertTrue(lines[0].startswith("550 "), (seq, lines))
+                self.assertFalse(any("queued as" in l for l in lines), (seq, lines))
+                self.assertTrue(closed, seq)
+        # one clean message after all that: it arrives, and it is the only one
+        with session(d.port) as c:
+            c.ehlo()
+            c.starttls()
+            c.ehlo()
+            self.assertEqual(c.cmd("MAIL FROM:<a@example.org>").code, 250)
+            self.assertEqual(c.cmd("RCPT TO:<victim@smuggle2.lab>").code, 250)
+            self.assertEqual(c.cmd("DATA").code, 354)
+            self.assertEqual(c.cmd("Subject: clean\r\n\r\nok\r\n.").code, 250)
+        self.assertTrue(mx.wait_messages(1, 60), d.log_text())
+        smxtest.poll(lambda: len(mx.messages()) > 1, 3)
+        msgs = mx.messages()
+        self.assertEqual(len(msgs), 1)
+        self.assertIn(b"Subject: clean", msgs[0])
+        log = mx.log()
+        self.assertNotIn("spoof@evil.lab", log if isinstance(log, str) else log.decode())
+
+
 if __name__ == "__main__":
     unittest.main()

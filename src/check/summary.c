@@ -201,10 +201,16 @@ static void esc(FILE *f, const char *s)
 	}
 }
 
-/* bar_chart - horizontal bars, one per figure, as inline SVG */
-static void bar_chart(FILE *f, const char *title, const struct figure *fig, size_t n, size_t total)
+/*
+ * bar_chart - horizontal bars, one per figure, as inline SVG. Long labels
+ * (failure reasons) are shortened on the chart; the full text is the bar's
+ * tooltip (<title>). color: the bars' fill (failures are drawn red).
+ */
+static void bar_chart(FILE *f, const char *title, const struct figure *fig, size_t n, size_t total,
+                      const char *color)
 {
-	const int row = 26, label_w = 230, bar_w = 360;
+	const int row = 26, label_w = 320, bar_w = 360;
+	const size_t label_max = 44;
 	int h = (int)n * row + 10;
 
 	fprintf(f, "<h2>");
@@ -217,13 +223,22 @@ static void bar_chart(FILE *f, const char *title, const struct figure *fig, size
 		double p = pct(fig[i].n, total);
 		int y = (int)i * row + 5;
 		int w = (int)(p / 100.0 * bar_w + 0.5);
-		fprintf(f, "<text x=\"0\" y=\"%d\" font-size=\"13\">", y + 15);
-		esc(f, fig[i].label);
+		char shortl[64];
+		const char *label = fig[i].label ? fig[i].label : "";
+		if (strlen(label) > label_max)
+			snprintf(shortl, sizeof(shortl), "%.*s...", (int)(label_max - 3), label);
+		else
+			snprintf(shortl, sizeof(shortl), "%s", label);
+		fprintf(f, "<g><title>");
+		esc(f, label);
+		fprintf(f, "</title><text x=\"0\" y=\"%d\" font-size=\"13\">", y + 15);
+		esc(f, shortl);
 		fprintf(f,
 		        "</text><rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"18\" fill=\"#ddd\"/>"
-		        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"18\" fill=\"#2a7\"/>"
-		        "<text x=\"%d\" y=\"%d\" font-size=\"13\">%zu (%.1f%%)</text>\n",
-		        label_w, y, bar_w, label_w, y, w, label_w + bar_w + 6, y + 15, fig[i].n, p);
+		        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"18\" fill=\"%s\"/>"
+		        "<text x=\"%d\" y=\"%d\" font-size=\"13\">%zu (%.1f%%)</text></g>\n",
+		        label_w, y, bar_w, label_w, y, w, color, label_w + bar_w + 6, y + 15,
+		        fig[i].n, p);
 	}
 	fprintf(f, "</svg>\n");
 }
@@ -253,12 +268,12 @@ void check_html_write(FILE *f, const struct check_summary *s, json_t *const *dom
 	           "td.y{color:#176}td.n{color:#a22}\n"
 	           "</style></head><body>\n<h1>strictmx scan report</h1>\n");
 	fprintf(f, "<p>%zu domains; %zu could not be checked.</p>\n", s->total, s->not_run);
-	bar_chart(f, "Domains", fig, nf, s->total);
+	bar_chart(f, "Domains", fig, nf, s->total, "#2a7");
 	if (s->n_versions) {
 		struct figure *v = xcalloc(s->n_versions, sizeof(*v));
 		for (size_t i = 0; i < s->n_versions; i++)
 			v[i] = (struct figure){s->versions[i].name, s->versions[i].n};
-		bar_chart(f, "TLS versions", v, s->n_versions, s->total);
+		bar_chart(f, "TLS versions", v, s->n_versions, s->total, "#37a");
 		free(v);
 	}
 	if (s->n_reasons) {
@@ -266,7 +281,7 @@ void check_html_write(FILE *f, const struct check_summary *s, json_t *const *dom
 		struct figure *v = xcalloc(k, sizeof(*v));
 		for (size_t i = 0; i < k; i++)
 			v[i] = (struct figure){s->reasons[i].name, s->reasons[i].n};
-		bar_chart(f, "Most common failure reasons", v, k, s->total);
+		bar_chart(f, "Most common failure reasons", v, k, s->total, "#c44");
 		free(v);
 	}
 	fprintf(f, "<h2>Domains</h2>\n<table id=\"domains\"><thead><tr>"

@@ -34,7 +34,6 @@ struct remote_ctx {
 	struct remote_ctx *next;
 	struct outbound_delivery *d;
 	uint64_t job_id;
-	bool started;
 };
 
 struct engine {
@@ -175,10 +174,8 @@ static void deliver_remote(struct engine *e, struct queue *q, const struct queue
 	/* the delivery may finish (and free rc) before it returns */
 	struct outbound_delivery *d = outbound_deliver(e->out, &req, remote_done, rc);
 	for (struct remote_ctx *r = e->remote_jobs; r; r = r->next)
-		if (r == rc) {
+		if (r == rc)
 			rc->d = d;
-			rc->started = true;
-		}
 }
 
 static void deliver(void *arg, struct queue *q, const struct queue_job *job)

@@ -221,12 +221,18 @@ static void conn_flush_output(struct conn *c)
 	}
 }
 
-static void conn_set_timeouts(struct conn *c)
+/* phase_timeout - seconds allowed in the connection's current phase */
+static unsigned phase_timeout(const struct conn *c)
 {
 	const struct config *cfg = c->srv->cfg;
-	unsigned secs = c->handshaking                     ? cfg->timeout_tls
-	                : inbound_session_in_data(c->sess) ? cfg->timeout_data
-	                                                   : cfg->timeout_command;
+	return c->handshaking                     ? cfg->timeout_tls
+	       : inbound_session_in_data(c->sess) ? cfg->timeout_data
+	                                          : cfg->timeout_command;
+}
+
+static void conn_set_timeouts(struct conn *c)
+{
+	unsigned secs = phase_timeout(c);
 	struct timeval tv = {.tv_sec = secs};
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 }
@@ -241,10 +247,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 /* conn_progress - the peer moved forward: its deadline starts again */
 static void conn_progress(struct conn *c)
 {
-	const struct config *cfg = c->srv->cfg;
-	unsigned secs = c->handshaking                     ? cfg->timeout_tls
-	                : inbound_session_in_data(c->sess) ? cfg->timeout_data
-	                                                   : cfg->timeout_command;
+	unsigned secs = phase_timeout(c);
 	struct timeval tv = {.tv_sec = secs};
 	evtimer_add(c->deadline, &tv);
 }

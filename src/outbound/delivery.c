@@ -130,7 +130,7 @@ struct outbound_delivery {
 	struct bufferevent *bev;
 	evutil_socket_t fd;
 	struct outbound_session *sess;
-	size_t *map; /* session recipient -> our index */
+	bool session_ran; /* a session with this host started: host_done reads it */
 	char ip[INET6_ADDRSTRLEN];
 	bool tls_pending, handshaking, connecting;
 	bool fd_owned_by_bev; /* the TLS bufferevent closes the socket */
@@ -143,7 +143,6 @@ struct outbound_delivery {
 	/* why hosts failed, for the final reason */
 	char reasons[1400];
 	enum fail_kind last_fail;
-	int n_hosts_tried;
 };
 
 static void next_addr(struct outbound_delivery *d);
@@ -201,7 +200,6 @@ static void delivery_free(struct outbound_delivery *d)
 		free(d->targets[i].addrs);
 	}
 	free(d->targets);
-	free(d->map);
 	free(d);
 }
 
@@ -281,8 +279,7 @@ static void conn_close(struct outbound_delivery *d)
 		d->body_fd = -1;
 	}
 	outbound_session_free(&d->sess);
-	free(d->map);
-	d->map = NULL;
+	d->session_ran = false;
 	d->tls_pending = d->handshaking = d->connecting = d->body_sending = false;
 	d->tls_desc[0] = '\0';
 	d->verified = NULL;
@@ -393,12 +390,8 @@ static void host_done(struct outbound_delivery *d)
 	const char *reason = NULL;
 	bool temporary = true;
 	bool host_err = outbound_session_host_error(d->sess, &reason, &temporary);
-	size_t n_sess = 0;
-	for (size_t i = 0; i < d->n_rcpts; i++)
-		if (!d->final[i] && d->map)
-			n_sess++;
 	size_t k = 0, delivered = 0;
-	for (size_t i = 0; i < d->n_rcpts && d->map; i++) {
+	for (size_t i = 0; i < d->n_rcpts && d->session_ran; i++) {
 		if (d->final[i])
 			continue;
 		const struct outbound_result *r = outbound_session_result(d->sess, k);
@@ -430,7 +423,6 @@ static void host_done(struct outbound_delivery *d)
 		                                     : "deferred",
 		         r->reply.enhanced[0] ? r->reply.enhanced : "-");
 	}
-	(void)n_sess;
 	if (!host_err && d->sess && outbound_session_idle(d->sess) && d->bev) {
 		pool_put(d);
 	}
@@ -733,7 +725,6 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
 	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
 	inet_ntop(ss->ss_family, a, d->ip, sizeof(d->ip));
-	d->n_hosts_tried++;
 
 	/* the recipients still open go to this host */
 	const char **rc = xcalloc(d->n_rcpts, sizeof(*rc));
@@ -741,7 +732,7 @@ static void connect_addr(struct outbound_delivery *d, const struct sockaddr_stor
 	for (size_t i = 0; i < d->n_rcpts; i++)
 		if (!d->final[i])
 			rc[n++] = d->rcpts[i];
-	d->map = xcalloc(1, 1); /* marks "a session ran" for host_done */
+	d->session_ran = true;
 	struct outbound_params p = {
 	    .helo_name = d->ctx->cfg->helo_name,
 	    .mx_host = d->host,

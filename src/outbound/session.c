@@ -232,41 +232,6 @@ static bool helo_ok(const char *h)
 	return true;
 }
 
-struct outbound_session *outbound_session_new(const struct outbound_params *p)
-{
-	struct outbound_session *s = xcalloc(1, sizeof(*s));
-
-	if (!helo_ok(p->helo_name))
-		fatal("outbound_session_new: unusable helo_name");
-	s->p = *p;
-	s->helo_name = xstrdup(p->helo_name);
-	s->mx_host = xstrdup(p->mx_host != NULL ? p->mx_host : "");
-	s->sender = xstrdup(p->sender != NULL ? p->sender : "");
-	s->sender_ok = addr_ok(s->sender, true);
-	s->rcpts = xcalloc(p->n_rcpts + 1, sizeof(*s->rcpts));
-	s->res = xcalloc(p->n_rcpts + 1, sizeof(*s->res));
-	s->sent = xcalloc(p->n_rcpts + 1, sizeof(*s->sent));
-	for (size_t i = 0; i < p->n_rcpts; i++) {
-		s->rcpts[i] = xstrdup(p->rcpts[i] != NULL ? p->rcpts[i] : "");
-		if (!addr_ok(s->rcpts[i], false)) {
-			s->res[i].state = OUTBOUND_RCPT_FAILED;
-			smtp_reply_set(&s->res[i].reply, 553, "5.1.3",
-			               "invalid recipient address (not sent)");
-		} else if (!s->sender_ok) {
-			s->res[i].state = OUTBOUND_RCPT_FAILED;
-			smtp_reply_set(&s->res[i].reply, 553, "5.1.7",
-			               "invalid sender address (not sent)");
-		}
-	}
-	s->p.helo_name = s->helo_name;
-	s->p.mx_host = s->mx_host;
-	s->p.sender = s->sender;
-	s->p.rcpts = (const char *const *)s->rcpts;
-	s->state = ST_GREETING;
-	smtp_reply_parser_init(&s->rp);
-	return s;
-}
-
 /* free_envelope - the copies of sender and recipients of one transaction */
 static void free_envelope(struct outbound_session *s)
 {
@@ -282,20 +247,14 @@ static void free_envelope(struct outbound_session *s)
 	s->sender = NULL;
 }
 
-bool outbound_session_idle(const struct outbound_session *s)
+/*
+ * set_envelope - own copies of sender and recipients for one transaction;
+ * recipients (or a sender) that cannot be sent are failed here, unsent.
+ */
+static void set_envelope(struct outbound_session *s, const char *sender, const char *const *rcpts,
+                         size_t n_rcpts)
 {
-	return s->state == ST_IDLE;
-}
-
-int outbound_session_next(struct outbound_session *s, const char *sender, const char *const *rcpts,
-                          size_t n_rcpts, uint64_t size, uint64_t id)
-{
-	if (s->state != ST_IDLE)
-		return -1;
-	free_envelope(s);
 	s->p.n_rcpts = n_rcpts;
-	s->p.size = size;
-	s->p.id = id;
 	s->sender = xstrdup(sender != NULL ? sender : "");
 	s->sender_ok = addr_ok(s->sender, true);
 	s->rcpts = xcalloc(n_rcpts + 1, sizeof(*s->rcpts));
@@ -315,6 +274,39 @@ int outbound_session_next(struct outbound_session *s, const char *sender, const 
 	}
 	s->p.sender = s->sender;
 	s->p.rcpts = (const char *const *)s->rcpts;
+}
+
+struct outbound_session *outbound_session_new(const struct outbound_params *p)
+{
+	struct outbound_session *s = xcalloc(1, sizeof(*s));
+
+	if (!helo_ok(p->helo_name))
+		fatal("outbound_session_new: unusable helo_name");
+	s->p = *p;
+	s->helo_name = xstrdup(p->helo_name);
+	s->mx_host = xstrdup(p->mx_host != NULL ? p->mx_host : "");
+	set_envelope(s, p->sender, p->rcpts, p->n_rcpts);
+	s->p.helo_name = s->helo_name;
+	s->p.mx_host = s->mx_host;
+	s->state = ST_GREETING;
+	smtp_reply_parser_init(&s->rp);
+	return s;
+}
+
+bool outbound_session_idle(const struct outbound_session *s)
+{
+	return s->state == ST_IDLE;
+}
+
+int outbound_session_next(struct outbound_session *s, const char *sender, const char *const *rcpts,
+                          size_t n_rcpts, uint64_t size, uint64_t id)
+{
+	if (s->state != ST_IDLE)
+		return -1;
+	free_envelope(s);
+	s->p.size = size;
+	s->p.id = id;
+	set_envelope(s, sender, rcpts, n_rcpts);
 	s->n_sent = s->n_read = s->n_accepted = 0;
 	s->action = OUTBOUND_NONE;
 	/* RFC 5321 §4.1.1.5: a clean slate before the next transaction */
@@ -335,14 +327,9 @@ void outbound_session_free(struct outbound_session **sp)
 
 	if (s == NULL)
 		return;
-	for (size_t i = 0; i < s->p.n_rcpts; i++)
-		free(s->rcpts[i]);
-	free(s->rcpts);
-	free(s->res);
-	free(s->sent);
+	free_envelope(s);
 	free(s->helo_name);
 	free(s->mx_host);
-	free(s->sender);
 	buf_free(&s->out);
 	free(s);
 	*sp = NULL;

@@ -22,6 +22,7 @@
 #include "common/xmalloc.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -60,13 +61,11 @@ static void set_err(char *err, size_t errlen, const char *op, const char *path, 
  * with "\057" and ':' with "\072": '/' cannot be in a file name and ':'
  * starts the info part (":2,S") of names in cur/.
  */
-static const char *host_part(void)
+static void host_init(void)
 {
 	char raw[256];
 	size_t o = 0;
 
-	if (maildir_host[0] != '\0')
-		return maildir_host;
 	if (gethostname(raw, sizeof(raw)) < 0 || raw[0] == '\0')
 		snprintf(raw, sizeof(raw), "localhost");
 	raw[sizeof(raw) - 1] = '\0';
@@ -79,7 +78,19 @@ static const char *host_part(void)
 		}
 	}
 	maildir_host[o] = '\0';
+}
+
+/* the spool (event loop) and deliveries (a worker thread) both name files */
+static const char *host_part(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, host_init);
 	return maildir_host;
+}
+
+static unsigned long next_counter(void)
+{
+	return __atomic_add_fetch(&maildir_counter, 1, __ATOMIC_RELAXED);
 }
 
 /* write_all - the whole buffer, across EINTR and short writes */
@@ -193,7 +204,7 @@ struct maildir_msg *maildir_begin(const char *spool_dir, char *err, size_t errle
 		free(m->name);
 		free(m->spool_path);
 		m->name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)ts.tv_sec,
-		                    (long)(ts.tv_nsec / 1000), (long)getpid(), ++maildir_counter,
+		                    (long)(ts.tv_nsec / 1000), (long)getpid(), next_counter(),
 		                    host_part());
 		m->spool_path = xasprintf("%s/%s", spool_dir, m->name);
 		m->fd =
@@ -331,8 +342,8 @@ fail:
  * to whatever path currently holds our file, so that the caller can remove
  * it whether this succeeded or not.
  */
-static int deliver_one(const struct maildir_msg *m, const char *dir, char **placed, char *err,
-                       size_t errlen)
+static int deliver_one(const struct maildir_msg *m, const char *dir, char **placed, bool sync,
+                       char *err, size_t errlen)
 {
 	static const char *const sub[] = {"tmp", "new", "cur"};
 	char *tmp_path = NULL, *new_path = NULL, *new_dir = NULL;
@@ -375,7 +386,7 @@ static int deliver_one(const struct maildir_msg *m, const char *dir, char **plac
 	}
 	free(*placed);
 	*placed = xstrdup(new_path);
-	if (fsync_dir(new_dir, err, errlen) < 0)
+	if (sync && fsync_dir(new_dir, err, errlen) < 0)
 		goto out;
 	rc = 0;
 out:
@@ -435,7 +446,7 @@ int maildir_commit(struct maildir_msg **mp, const char *base, const struct maild
 		if (dup)
 			continue;
 		dir = xasprintf("%s/%s/%s", base, rcpts[i].domain, rcpts[i].user);
-		int drc = deliver_one(m, dir, &placed[n_placed].path, err, errlen);
+		int drc = deliver_one(m, dir, &placed[n_placed].path, true, err, errlen);
 		if (placed[n_placed].path != NULL)
 			n_placed++;
 		free(dir);
@@ -483,17 +494,45 @@ int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen)
 	return 0;
 }
 
+int maildir_spool_fd(const struct maildir_msg *m)
+{
+	return m->failed ? -1 : m->fd;
+}
+
+int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t errlen)
+{
+	if (m->failed || m->fd < 0)
+		return maildir_spool_finish(m, err, errlen);
+	int fd = m->fd;
+	m->fd = -1;
+	if (sync_errno != 0) {
+		close(fd);
+		set_err(m->err, sizeof(m->err), "fsync", m->spool_path, sync_errno);
+		m->failed = true;
+		snprintf(err, errlen, "%s", m->err);
+		return -1;
+	}
+	if (close(fd) < 0) {
+		set_err(m->err, sizeof(m->err), "close", m->spool_path, errno);
+		m->failed = true;
+		snprintf(err, errlen, "%s", m->err);
+		return -1;
+	}
+	return 0;
+}
+
 const char *maildir_spool_path(const struct maildir_msg *m)
 {
 	return m->spool_path;
 }
 
-int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
-                         char *err, size_t errlen)
+/* place_file - maildir_deliver_file without the fsync of new/ when !sync */
+static int place_file(const char *path, const char *base, const struct maildir_rcpt *r, bool sync,
+                      char **placed, char *err, size_t errlen)
 {
 	struct timespec ts;
-	char *placed = NULL;
 
+	*placed = NULL;
 	if (!domain_ok(r->domain) || !maildir_user_ok(r->user)) {
 		snprintf(err, errlen, "maildir: unusable recipient \"%.64s\"@\"%.255s\"",
 		         r->user ? r->user : "", r->domain ? r->domain : "");
@@ -502,13 +541,31 @@ int maildir_deliver_file(const char *path, const char *base, const struct maildi
 	clock_gettime(CLOCK_REALTIME, &ts);
 	struct maildir_msg m = {.fd = -1, .spool_path = (char *)path};
 	m.name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)ts.tv_sec, (long)(ts.tv_nsec / 1000),
-	                   (long)getpid(), ++maildir_counter, host_part());
+	                   (long)getpid(), next_counter(), host_part());
 	char *dir = xasprintf("%s/%s/%s", base, r->domain, r->user);
-	int rc = deliver_one(&m, dir, &placed, err, errlen);
-	if (rc < 0 && placed != NULL && unlink(placed) < 0 && errno != ENOENT)
-		log_warn("event=maildir_rollback error=\"%s\"", strerror(errno));
-	free(placed);
+	int rc = deliver_one(&m, dir, placed, sync, err, errlen);
+	if (rc < 0 && *placed != NULL) {
+		if (unlink(*placed) < 0 && errno != ENOENT)
+			log_warn("event=maildir_rollback error=\"%s\"", strerror(errno));
+		free(*placed);
+		*placed = NULL;
+	}
 	free(dir);
 	free(m.name);
 	return rc;
+}
+
+int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                         char *err, size_t errlen)
+{
+	char *placed = NULL;
+	int rc = place_file(path, base, r, true, &placed, err, errlen);
+	free(placed);
+	return rc;
+}
+
+int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                       char **placed, char *err, size_t errlen)
+{
+	return place_file(path, base, r, false, placed, err, errlen);
 }

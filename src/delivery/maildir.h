@@ -42,6 +42,14 @@ int maildir_commit(struct maildir_msg **m, const char *base, const struct maildi
 int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen);
 const char *maildir_spool_path(const struct maildir_msg *m);
 /*
+ * maildir_spool_fd / maildir_spool_close - the same in two steps, for a
+ * group commit that fsyncs many spool files at once (common/fsyncpool.h):
+ * the open descriptor (-1 if a write failed), then close with the result of
+ * its fsync (0 or an errno). Returns 0, or -1 with err set.
+ */
+int maildir_spool_fd(const struct maildir_msg *m);
+int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t errlen);
+/*
  * maildir_deliver_file - deliver an existing (durable) file, such as a queue
  * file, to one Maildir under base: link (or copy) into tmp/, rename into
  * new/, fsync new/. The file itself is left alone. 0, or -1 with err and
@@ -49,6 +57,14 @@ const char *maildir_spool_path(const struct maildir_msg *m);
  */
 int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
                          char *err, size_t errlen);
+/*
+ * maildir_place_file - the same without the final fsync of new/, so that a
+ * batch of deliveries can fsync every new/ directory at once: *placed is the
+ * file's path in new/ (free it); the delivery is durable only once the
+ * directory holding *placed has been fsync'd (if that fails, unlink it).
+ */
+int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                       char **placed, char *err, size_t errlen);
 
 /* maildir_abort - drop the spool file; frees and NULLs *m */
 void maildir_abort(struct maildir_msg **m);

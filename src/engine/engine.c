@@ -7,13 +7,17 @@
 #include "engine/engine.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/config.h"
+#include "common/fsyncpool.h"
 #include "common/log.h"
+#include "common/worker.h"
 #include "common/xmalloc.h"
 #include "delivery/lmtp.h"
 #include "delivery/maildir.h"
@@ -44,6 +48,8 @@ struct engine {
 	struct dns_ctx *dns;
 	struct outbound_ctx *out;
 	struct remote_ctx *remote_jobs;
+	struct worker *mw; /* Maildir deliveries */
+	struct md_job *md_pending, **md_tail, *md_inflight;
 };
 
 static void result_set(struct queue_rcpt_result *r, enum queue_outcome o, int code, const char *enh,
@@ -56,25 +62,164 @@ static void result_set(struct queue_rcpt_result *r, enum queue_outcome o, int co
 	snprintf(r->detail, sizeof(r->detail), "%s", detail);
 }
 
-static void deliver_maildir(struct engine *e, struct queue *q, const struct queue_job *job)
+/*
+ * Maildir deliveries run on the engine's worker thread, in batches: every
+ * job that arrives while a batch is on the disk joins the next one. A batch
+ * places each file (link into tmp/, rename into new/), then fsyncs every
+ * new/ directory it touched at once (common/fsyncpool.h), and only then are
+ * the results handed to the queue.
+ */
+struct md_job {
+	struct md_job *next;
+	uint64_t job_id;
+	char *body_path, *domain;
+	size_t n;
+	char **users;
+	struct queue_rcpt_result *res;
+	char **placed; /* per recipient, the file in new/ until its dir is synced */
+};
+
+static void md_job_free(struct md_job *j)
 {
-	struct queue_rcpt_result *res = xcalloc(job->n_rcpts, sizeof(*res));
-	for (size_t i = 0; i < job->n_rcpts; i++) {
-		char err[512];
-		struct maildir_rcpt r = {.domain = job->domain, .user = job->local_users[i]};
-		if (!maildir_user_ok(r.user)) {
-			result_set(&res[i], QUEUE_FAIL, 550, "5.1.1", "no such local mailbox");
-			continue;
-		}
-		if (maildir_deliver_file(job->body_path, e->cfg->maildir, &r, err, sizeof(err)) < 0)
-			/* disk full, permissions: an environment error, retried */
-			result_set(&res[i], QUEUE_DEFER, 451, "4.3.0", err);
-		else
-			result_set(&res[i], QUEUE_DELIVERED, 250, "2.0.0", "delivered to maildir");
-		snprintf(res[i].mx, sizeof(res[i].mx), "maildir");
+	for (size_t i = 0; i < j->n; i++) {
+		free(j->users[i]);
+		free(j->placed[i]);
 	}
-	queue_job_done(q, job->job_id, res);
-	free(res);
+	free(j->users);
+	free(j->placed);
+	free(j->res);
+	free(j->body_path);
+	free(j->domain);
+	free(j);
+}
+
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? xstrndup(path, (size_t)(slash - path)) : xstrdup(".");
+}
+
+static void md_work(void *arg)
+{
+	struct engine *e = arg;
+	char **dirs = NULL;
+	size_t n_dirs = 0;
+	for (struct md_job *j = e->md_inflight; j; j = j->next)
+		for (size_t i = 0; i < j->n; i++) {
+			char err[512];
+			struct maildir_rcpt r = {.domain = j->domain, .user = j->users[i]};
+			snprintf(j->res[i].mx, sizeof(j->res[i].mx), "maildir");
+			if (!maildir_user_ok(r.user)) {
+				result_set(&j->res[i], QUEUE_FAIL, 550, "5.1.1",
+				           "no such local mailbox");
+				continue;
+			}
+			if (maildir_place_file(j->body_path, e->cfg->maildir, &r, &j->placed[i],
+			                       err, sizeof(err)) < 0) {
+				/* disk full, permissions: an environment error, retried */
+				result_set(&j->res[i], QUEUE_DEFER, 451, "4.3.0", err);
+				continue;
+			}
+			char *d = dir_of(j->placed[i]);
+			bool seen = false;
+			for (size_t k = 0; k < n_dirs && !seen; k++)
+				seen = strcmp(dirs[k], d) == 0;
+			if (seen) {
+				free(d);
+				continue;
+			}
+			dirs = xrealloc(dirs, (n_dirs + 1) * sizeof(*dirs));
+			dirs[n_dirs++] = d;
+		}
+	int *fds = xcalloc(n_dirs + 1, sizeof(int)), *errs = xcalloc(n_dirs + 1, sizeof(int));
+	size_t n_fds = 0;
+	char **fd_dir = xcalloc(n_dirs + 1, sizeof(char *));
+	for (size_t k = 0; k < n_dirs; k++) {
+		int fd = open(dirs[k], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* not synced: its deliveries are deferred below */
+		fd_dir[n_fds] = dirs[k];
+		fds[n_fds++] = fd;
+	}
+	fsync_all(fds, n_fds, errs);
+	for (size_t k = 0; k < n_fds; k++)
+		close(fds[k]);
+	for (struct md_job *j = e->md_inflight; j; j = j->next)
+		for (size_t i = 0; i < j->n; i++) {
+			if (j->placed[i] == NULL)
+				continue;
+			char *d = dir_of(j->placed[i]);
+			int err = ENOENT;
+			for (size_t k = 0; k < n_fds; k++)
+				if (strcmp(fd_dir[k], d) == 0)
+					err = errs[k];
+			free(d);
+			if (err == 0) {
+				result_set(&j->res[i], QUEUE_DELIVERED, 250, "2.0.0",
+				           "delivered to maildir");
+			} else {
+				char msg[512];
+				snprintf(msg, sizeof(msg), "fsync of the directory of %s: %s",
+				         j->placed[i], strerror(err));
+				unlink(j->placed[i]); /* not durable: retried, not doubled */
+				result_set(&j->res[i], QUEUE_DEFER, 451, "4.3.0", msg);
+			}
+			snprintf(j->res[i].mx, sizeof(j->res[i].mx), "maildir");
+		}
+	for (size_t k = 0; k < n_dirs; k++)
+		free(dirs[k]);
+	free(dirs);
+	free(fds);
+	free(errs);
+	free(fd_dir);
+}
+
+static void md_start(struct engine *e);
+
+static void md_done(void *arg)
+{
+	struct engine *e = arg;
+	struct md_job *list = e->md_inflight;
+	e->md_inflight = NULL;
+	while (list) {
+		struct md_job *j = list;
+		list = j->next;
+		queue_job_done(e->q, j->job_id, j->res);
+		md_job_free(j);
+	}
+	md_start(e);
+}
+
+static void md_start(struct engine *e)
+{
+	if (e->md_inflight || e->md_pending == NULL)
+		return;
+	e->md_inflight = e->md_pending;
+	e->md_pending = NULL;
+	e->md_tail = &e->md_pending;
+	if (e->mw)
+		worker_submit(e->mw, md_work, md_done, e);
+	else {
+		md_work(e);
+		md_done(e);
+	}
+}
+
+static void deliver_maildir(struct engine *e, const struct queue_job *job)
+{
+	struct md_job *j = xcalloc(1, sizeof(*j));
+	j->job_id = job->job_id;
+	j->body_path = xstrdup(job->body_path);
+	j->domain = xstrdup(job->domain);
+	j->n = job->n_rcpts;
+	j->users = xcalloc(j->n + 1, sizeof(char *));
+	j->placed = xcalloc(j->n + 1, sizeof(char *));
+	j->res = xcalloc(j->n + 1, sizeof(*j->res));
+	for (size_t i = 0; i < j->n; i++)
+		j->users[i] = job->local_users[i] ? xstrdup(job->local_users[i]) : NULL;
+	*e->md_tail = j;
+	e->md_tail = &j->next;
+	md_start(e);
 }
 
 static void lmtp_done(void *arg, const struct smtp_reply *replies, size_t n)
@@ -184,7 +329,7 @@ static void deliver(void *arg, struct queue *q, const struct queue_job *job)
 	if (job->local && e->cfg->lmtp)
 		deliver_lmtp(e, job);
 	else if (job->local)
-		deliver_maildir(e, q, job);
+		deliver_maildir(e, job);
 	else
 		deliver_remote(e, q, job);
 }
@@ -207,6 +352,14 @@ struct engine *engine_new(struct event_base *base, const struct config *c, struc
 		free(e);
 		return NULL;
 	}
+	e->md_tail = &e->md_pending;
+	e->mw = worker_new(base, "maildir", err, errlen);
+	if (e->mw == NULL) {
+		outbound_ctx_free(&e->out);
+		dns_free(&e->dns);
+		free(e);
+		return NULL;
+	}
 	queue_set_deliverer(q, deliver, e);
 	return e;
 }
@@ -216,6 +369,14 @@ void engine_free(struct engine **ep)
 	struct engine *e = *ep;
 	if (e == NULL)
 		return;
+	/* Maildir batches on the disk finish and report to the queue; what
+	 * has not started yet stays queued and is delivered after a restart */
+	worker_free(&e->mw);
+	while (e->md_pending) {
+		struct md_job *j = e->md_pending;
+		e->md_pending = j->next;
+		md_job_free(j);
+	}
 	while (e->lmtp_jobs) {
 		struct lmtp_ctx *lc = e->lmtp_jobs;
 		e->lmtp_jobs = lc->next;

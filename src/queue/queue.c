@@ -19,11 +19,14 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/fsyncpool.h"
 #include "common/log.h"
 #include "common/qid.h"
+#include "common/worker.h"
 #include "common/xmalloc.h"
 #include "delivery/maildir.h"
 #include "queue/dsn.h"
+#include "queue/quarantine.h"
 
 #define MAX_JOBS    200 /* deliveries in flight */
 #define SCAN_LIMIT  1000
@@ -60,6 +63,7 @@ struct active_job {
 	struct active_job *next;
 	struct queue_job job;
 	struct queue_rcpt_result *results; /* set when done, until committed */
+	bool committing;                   /* its results are with the worker */
 };
 
 struct queue {
@@ -68,6 +72,10 @@ struct queue {
 	sqlite3 *db;
 	char *dir; /* data_dir/queue */
 	struct pending *pending, **pending_tail;
+	struct pending *inflight; /* the batch the worker is committing */
+	size_t inflight_ok;
+	struct worker *w; /* owns the database while the loop runs */
+	bool scan_busy, scan_again;
 	struct event *commit_ev;
 	struct event *sched_ev;
 	struct event *results_ev; /* commits finished jobs' results, grouped */
@@ -223,6 +231,10 @@ void queue_forget(struct queue *q, void *arg)
 	for (struct pending *p = q->pending; p; p = p->next)
 		if (p->arg == arg)
 			p->cb = NULL;
+	/* the worker never reads cb: safe to clear while the batch is in flight */
+	for (struct pending *p = q->inflight; p; p = p->next)
+		if (p->arg == arg)
+			p->cb = NULL;
 }
 
 /* insert_message - rows for one message inside the open transaction */
@@ -260,25 +272,31 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 }
 
 /*
- * commit_cb - the group commit: every body made durable and moved into the
- * queue directory, one fsync of that directory, one transaction for all the
- * envelopes; then every waiting session hears the verdict.
+ * The group commit, in two halves. commit_work runs on the queue's worker
+ * thread: every body renamed into the queue directory, then the bodies and
+ * the directory fsync'd at once (concurrent fsyncs share device flushes,
+ * common/fsyncpool.h), then one transaction for all the envelopes.
+ * commit_done runs on the loop: every waiting session hears the verdict.
+ * One batch is in flight at a time; what arrives meanwhile forms the next.
  */
-static void commit_cb(evutil_socket_t fd, short what, void *arg)
+static void commit_work(void *arg)
 {
 	struct queue *q = arg;
-	struct pending *batch = q->pending;
-	q->pending = NULL;
-	q->pending_tail = &q->pending;
-	if (batch == NULL)
-		return;
+	struct pending *batch = q->inflight;
 	time_t now = time(NULL);
 	size_t n_ok = 0, n = 0;
 
-	for (struct pending *p = batch; p; p = p->next) {
+	for (struct pending *p = batch; p; p = p->next)
 		n++;
-		char err[256];
-		if (maildir_spool_finish(p->spool, err, sizeof(err)) < 0) {
+	int *fds = xcalloc(n + 1, sizeof(int));
+	int *errs = xcalloc(n + 1, sizeof(int));
+	struct pending **who = xcalloc(n + 1, sizeof(*who));
+	size_t nf = 0;
+	for (struct pending *p = batch; p; p = p->next) {
+		int fd = maildir_spool_fd(p->spool);
+		if (fd < 0) {
+			char err[256];
+			maildir_spool_finish(p->spool, err, sizeof(err));
 			snprintf(p->err, sizeof(p->err), "%s", err);
 			continue;
 		}
@@ -286,16 +304,46 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 		if (rename(maildir_spool_path(p->spool), p->body_path) < 0) {
 			snprintf(p->err, sizeof(p->err), "rename %s: %s", p->body_path,
 			         strerror(errno));
+			free(p->body_path);
+			p->body_path = NULL;
+			continue;
+		}
+		who[nf] = p;
+		fds[nf++] = fd;
+	}
+	bool ok_all = true;
+	int dirfd = -1;
+	if (nf) {
+		dirfd = open(q->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dirfd < 0) {
+			log_err("event=queue_error error=\"open %s: %s\"", q->dir, strerror(errno));
+			ok_all = false;
+		} else {
+			fds[nf] = dirfd;
+		}
+		fsync_all(fds, dirfd >= 0 ? nf + 1 : nf, errs);
+		if (dirfd >= 0 && errs[nf]) {
+			log_err("event=queue_error error=\"fsync %s: %s\"", q->dir,
+			        strerror(errs[nf]));
+			ok_all = false;
+		}
+		if (dirfd >= 0)
+			close(dirfd);
+	}
+	for (size_t i = 0; i < nf; i++) {
+		struct pending *p = who[i];
+		char err[256];
+		if (maildir_spool_close(p->spool, errs[i], err, sizeof(err)) < 0) {
+			snprintf(p->err, sizeof(p->err), "%s", err);
+			unlink(p->body_path);
 			continue;
 		}
 		p->ok = true;
 		n_ok++;
 	}
-	bool ok_all = true;
-	if (n_ok && fsync_path(q->dir) < 0) {
-		log_err("event=queue_error error=\"fsync %s: %s\"", q->dir, strerror(errno));
-		ok_all = false;
-	}
+	free(fds);
+	free(errs);
+	free(who);
 	if (ok_all && n_ok) {
 		ok_all = db_exec(q, "BEGIN IMMEDIATE") == 0;
 		for (struct pending *p = batch; ok_all && p; p = p->next)
@@ -309,8 +357,7 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 		if (!ok_all)
 			db_exec(q, "ROLLBACK");
 	}
-	for (struct pending *p = batch; p;) {
-		struct pending *next = p->next;
+	for (struct pending *p = batch; p; p = p->next) {
 		if (p->ok && !ok_all) {
 			p->ok = false;
 			snprintf(p->err, sizeof(p->err), "queue database write failed");
@@ -322,13 +369,49 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 			         p->id, p->sender, p->n, p->size, n);
 		else
 			log_err("event=queue_failed id=%s error=\"%s\"", p->id, p->err);
+	}
+	q->inflight_ok = n_ok;
+}
+
+static void commit_done(void *arg)
+{
+	struct queue *q = arg;
+	struct pending *batch = q->inflight;
+	size_t n_ok = q->inflight_ok;
+	q->inflight = NULL;
+	for (struct pending *p = batch; p;) {
+		struct pending *next = p->next;
 		if (p->cb)
 			p->cb(p->arg, p->ok, p->err);
 		pending_free(p);
 		p = next;
 	}
+	if (q->pending)
+		schedule_commit(q);
 	if (n_ok)
 		schedule_scan(q, 0);
+}
+
+/* run - blocking work on the worker thread, or here when there is none */
+static void run(struct queue *q, worker_fn work, worker_fn done, void *arg)
+{
+	if (q->w)
+		worker_submit(q->w, work, done, arg);
+	else {
+		work(arg);
+		done(arg);
+	}
+}
+
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	if (q->pending == NULL || q->inflight != NULL)
+		return; /* commit_done starts the next batch */
+	q->inflight = q->pending;
+	q->pending = NULL;
+	q->pending_tail = &q->pending;
+	run(q, commit_work, commit_done, q);
 }
 
 static void schedule_commit(struct queue *q)
@@ -388,43 +471,100 @@ static struct active_job *find_building(struct active_job *list, const char *msg
 	return NULL;
 }
 
-static void scan_cb(evutil_socket_t fd, short what, void *arg)
+/*
+ * The scan, in two halves: scan_work reads due rows on the worker thread
+ * (the database is the worker's); scan_done, on the loop, skips what is in
+ * flight, groups the rest into jobs and starts them. Work items run in
+ * order, so a scan never sees a row as due whose result is still being
+ * committed without that job still being in the active list.
+ */
+struct scan_row {
+	char *msg_id, *rcpt, *domain, *user, *sender;
+	unsigned attempts;
+	uint64_t size;
+};
+
+struct scan_req {
+	struct queue *q;
+	time_t now;
+	struct scan_row *rows;
+	size_t n;
+	bool have_min;
+	time_t min_next;
+};
+
+static char *col_dup(sqlite3_stmt *st, int c)
 {
-	struct queue *q = arg;
-	if (q->deliver == NULL)
-		return;
-	time_t now = time(NULL);
-	struct active_job *building = NULL;
+	const char *v = (const char *)sqlite3_column_text(st, c);
+	return v ? xstrdup(v) : NULL;
+}
+
+static void scan_work(void *arg)
+{
+	struct scan_req *r = arg;
+	struct queue *q = r->q;
 	sqlite3_stmt *st = prep(q, "SELECT r.msg_id, r.rcpt, r.domain, r.local_user, r.attempts, "
 	                           "m.sender, m.size FROM rcpt r JOIN message m ON m.id = r.msg_id "
 	                           "WHERE r.state = 0 AND r.next_try <= ? ORDER BY r.next_try, "
 	                           "r.msg_id LIMIT ?");
-	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 1, r->now);
 	sqlite3_bind_int(st, 2, SCAN_LIMIT);
-	size_t n_new = 0;
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		const char *msg_id = (const char *)sqlite3_column_text(st, 0);
-		const char *rcpt = (const char *)sqlite3_column_text(st, 1);
-		const char *domain = (const char *)sqlite3_column_text(st, 2);
-		const char *user = (const char *)sqlite3_column_text(st, 3);
-		if (rcpt_active(q, msg_id, rcpt))
+		r->rows = xrealloc(r->rows, (r->n + 1) * sizeof(*r->rows));
+		struct scan_row *row = &r->rows[r->n++];
+		row->msg_id = col_dup(st, 0);
+		row->rcpt = col_dup(st, 1);
+		row->domain = col_dup(st, 2);
+		row->user = col_dup(st, 3);
+		row->attempts = (unsigned)sqlite3_column_int(st, 4);
+		row->sender = col_dup(st, 5);
+		row->size = (uint64_t)sqlite3_column_int64(st, 6);
+		if (!row->msg_id || !row->rcpt || !row->domain || !row->sender) {
+			/* NOT NULL columns: only a damaged database gets here */
+			free(row->msg_id);
+			free(row->rcpt);
+			free(row->domain);
+			free(row->user);
+			free(row->sender);
+			r->n--;
+		}
+	}
+	unprep(q, st);
+	st = prep(q, "SELECT MIN(next_try) FROM rcpt WHERE state = 0");
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+		r->have_min = true;
+		r->min_next = (time_t)sqlite3_column_int64(st, 0);
+	}
+	unprep(q, st);
+}
+
+static void scan_done(void *arg)
+{
+	struct scan_req *r = arg;
+	struct queue *q = r->q;
+	time_t now = r->now;
+	struct active_job *building = NULL;
+	size_t n_new = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		struct scan_row *row = &r->rows[i];
+		if (q->deliver == NULL || rcpt_active(q, row->msg_id, row->rcpt))
 			continue;
-		struct active_job *a = find_building(building, msg_id, domain);
+		struct active_job *a = find_building(building, row->msg_id, row->domain);
 		if (a == NULL) {
 			if (q->n_active + n_new >= MAX_JOBS)
 				continue;
-			if (user == NULL &&
-			    domain_active(q, domain) >= q->cfg->max_connections_per_domain)
+			if (row->user == NULL &&
+			    domain_active(q, row->domain) >= q->cfg->max_connections_per_domain)
 				continue;
 			a = xcalloc(1, sizeof(*a));
 			a->job.job_id = ++q->next_job;
-			snprintf(a->job.msg_id, sizeof(a->job.msg_id), "%s", msg_id);
-			a->job.sender = xstrdup((const char *)sqlite3_column_text(st, 5));
-			a->job.size = (uint64_t)sqlite3_column_int64(st, 6);
-			a->job.body_path = body_path(q, msg_id);
-			a->job.domain = xstrdup(domain);
-			a->job.local = user != NULL;
-			a->job.attempts = (unsigned)sqlite3_column_int(st, 4);
+			snprintf(a->job.msg_id, sizeof(a->job.msg_id), "%s", row->msg_id);
+			a->job.sender = xstrdup(row->sender);
+			a->job.size = row->size;
+			a->job.body_path = body_path(q, row->msg_id);
+			a->job.domain = xstrdup(row->domain);
+			a->job.local = row->user != NULL;
+			a->job.attempts = row->attempts;
 			a->next = building;
 			building = a;
 			n_new++;
@@ -432,11 +572,18 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 		a->job.rcpts = xrealloc(a->job.rcpts, (a->job.n_rcpts + 1) * sizeof(char *));
 		a->job.local_users =
 		    xrealloc(a->job.local_users, (a->job.n_rcpts + 1) * sizeof(char *));
-		a->job.rcpts[a->job.n_rcpts] = xstrdup(rcpt);
-		a->job.local_users[a->job.n_rcpts] = user ? xstrdup(user) : NULL;
+		a->job.rcpts[a->job.n_rcpts] = xstrdup(row->rcpt);
+		a->job.local_users[a->job.n_rcpts] = row->user ? xstrdup(row->user) : NULL;
 		a->job.n_rcpts++;
 	}
-	unprep(q, st);
+	for (size_t i = 0; i < r->n; i++) {
+		free(r->rows[i].msg_id);
+		free(r->rows[i].rcpt);
+		free(r->rows[i].domain);
+		free(r->rows[i].user);
+		free(r->rows[i].sender);
+	}
+	free(r->rows);
 
 	/* move to the active list first: a deliverer may finish synchronously */
 	while (building) {
@@ -453,9 +600,8 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 
 	/* next wake-up: the earliest retry, at most RESCAN_SECS away */
 	time_t next = now + RESCAN_SECS;
-	st = prep(q, "SELECT MIN(next_try) FROM rcpt WHERE state = 0");
-	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-		time_t t = (time_t)sqlite3_column_int64(st, 0);
+	if (r->have_min) {
+		time_t t = r->min_next;
 		if (t > now && t < next)
 			next = t;
 		else if (t <= now)
@@ -464,8 +610,29 @@ static void scan_cb(evutil_socket_t fd, short what, void *arg)
 			 * when this scan could start nothing */
 			next = n_new ? now : now + 1;
 	}
-	unprep(q, st);
+	free(r);
+	q->scan_busy = false;
+	if (q->scan_again) {
+		q->scan_again = false;
+		next = now;
+	}
 	schedule_scan(q, next);
+}
+
+static void scan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	if (q->deliver == NULL)
+		return;
+	if (q->scan_busy) {
+		q->scan_again = true; /* scan_done looks again at once */
+		return;
+	}
+	q->scan_busy = true;
+	struct scan_req *r = xcalloc(1, sizeof(*r));
+	r->q = q;
+	r->now = time(NULL);
+	run(q, scan_work, scan_done, r);
 }
 
 static void schedule_scan(struct queue *q, time_t when)
@@ -834,21 +1001,27 @@ void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_re
 	}
 }
 
-/* results_cb - commit the results of every finished job at once */
-static void results_cb(evutil_socket_t fd, short what, void *arg)
+/*
+ * Results of every job finished since the last commit, in one transaction
+ * on the worker thread (results_work); the jobs leave the active list on
+ * the loop once that commit is done (results_done).
+ */
+struct results_req {
+	struct queue *q;
+	struct active_job **jobs;
+	size_t n;
+};
+
+static void results_work(void *arg)
 {
-	struct queue *q = arg;
-	size_t n_done = 0;
-	for (struct active_job *a = q->active; a; a = a->next)
-		n_done += a->results != NULL;
-	if (n_done == 0)
-		return;
-	char **removed = xcalloc(n_done, sizeof(*removed));
+	struct results_req *r = arg;
+	struct queue *q = r->q;
+	char **removed = xcalloc(r->n, sizeof(*removed));
 	size_t n_removed = 0;
 	bool ok = db_exec(q, "BEGIN IMMEDIATE") == 0;
-	for (struct active_job *a = q->active; ok && a; a = a->next)
-		if (a->results && apply_results(q, a, a->results))
-			removed[n_removed++] = xstrdup(a->job.msg_id);
+	for (size_t i = 0; ok && i < r->n; i++)
+		if (apply_results(q, r->jobs[i], r->jobs[i]->results))
+			removed[n_removed++] = xstrdup(r->jobs[i]->job.msg_id);
 	if (ok && db_exec(q, "COMMIT") < 0) {
 		db_exec(q, "ROLLBACK");
 		ok = false;
@@ -860,19 +1033,44 @@ static void results_cb(evutil_socket_t fd, short what, void *arg)
 		free(removed[i]);
 	}
 	free(removed);
+}
+
+static void results_done(void *arg)
+{
+	struct results_req *r = arg;
+	struct queue *q = r->q;
 	/* finished jobs leave the active list; if the commit failed their rows
 	 * stay queued and are retried at the next scan */
-	for (struct active_job **pp = &q->active; *pp;) {
-		struct active_job *a = *pp;
-		if (a->results == NULL) {
-			pp = &a->next;
-			continue;
-		}
-		*pp = a->next;
-		q->n_active--;
-		job_free(a);
-	}
+	for (size_t i = 0; i < r->n; i++)
+		for (struct active_job **pp = &q->active; *pp; pp = &(*pp)->next)
+			if (*pp == r->jobs[i]) {
+				*pp = r->jobs[i]->next;
+				q->n_active--;
+				job_free(r->jobs[i]);
+				break;
+			}
+	free(r->jobs);
+	free(r);
 	schedule_scan(q, 0);
+}
+
+static void results_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	size_t n_done = 0;
+	for (struct active_job *a = q->active; a; a = a->next)
+		n_done += a->results != NULL && !a->committing;
+	if (n_done == 0)
+		return;
+	struct results_req *r = xcalloc(1, sizeof(*r));
+	r->q = q;
+	r->jobs = xcalloc(n_done, sizeof(*r->jobs));
+	for (struct active_job *a = q->active; a; a = a->next)
+		if (a->results != NULL && !a->committing) {
+			a->committing = true;
+			r->jobs[r->n++] = a;
+		}
+	run(q, results_work, results_done, r);
 }
 
 void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
@@ -885,6 +1083,8 @@ void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
 /* recover - reconcile rows and files after a restart or a crash */
 static void recover(struct queue *q)
 {
+	/* damaged entries first: what is left below has sound rows */
+	size_t quarantined = queue_quarantine_scan(q->db, q->cfg->data_dir, q->dir);
 	sqlite3_stmt *st = prep(q, "SELECT id FROM message");
 	size_t missing = 0, total = 0;
 	char **lost = NULL;
@@ -959,8 +1159,8 @@ static void recover(struct queue *q)
 		closedir(dir);
 	free(spool);
 	log_info("event=queue_recovered messages=%zu missing_bodies=%zu orphan_files=%zu "
-	         "partial_spool=%zu",
-	         total, missing, orphans, partial);
+	         "partial_spool=%zu quarantined=%zu",
+	         total, missing, orphans, partial, quarantined);
 }
 
 struct queue *queue_open(struct event_base *base, const struct config *c, char *err, size_t errlen)
@@ -995,6 +1195,12 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	q->sched_ev = evtimer_new(base, scan_cb, q);
 	q->results_ev = evtimer_new(base, results_cb, q);
 	recover(q);
+	/* from here on the database belongs to the worker thread */
+	q->w = worker_new(base, "queue", err, errlen);
+	if (q->w == NULL) {
+		queue_close(&q);
+		return NULL;
+	}
 	return q;
 }
 
@@ -1003,10 +1209,14 @@ void queue_close(struct queue **qp)
 	struct queue *q = *qp;
 	if (q == NULL)
 		return;
+	q->deliver = NULL; /* a scan finishing now starts nothing */
+	/* what is in flight finishes; then, on this thread, what was accepted
+	 * is committed before we stop, and what was delivered is recorded */
+	worker_free(&q->w);
 	if (q->commit_ev && q->pending)
-		commit_cb(-1, 0, q); /* what was accepted is committed before we stop */
+		commit_cb(-1, 0, q);
 	if (q->results_ev)
-		results_cb(-1, 0, q); /* and what was delivered is recorded */
+		results_cb(-1, 0, q);
 	while (q->active) {
 		struct active_job *a = q->active;
 		q->active = a->next;

@@ -450,6 +450,8 @@ static int handle_local_delivery(struct parse_ctx *p, const char *k, const char 
 		if (config_parse_hostport(v, host, sizeof(host), port, sizeof(port)) < 0)
 			return perr(p, "lmtp: bad address '%s' (expected ADDR:PORT)", v);
 		set_str(&p->c->lmtp, v);
+	} else if (!strcmp(k, "discard")) {
+		return set_bool(p, k, v, &p->c->local_discard);
 	} else {
 		return perr(p, "unknown key '%s' in [local_delivery]", k);
 	}

@@ -64,8 +64,9 @@ struct config {
 	char *log_level;
 
 	/* [local_delivery] */
-	char *maildir; /* base directory; default data_dir/mail */
-	char *lmtp;    /* host:port, or NULL */
+	char *maildir;      /* base directory; default data_dir/mail */
+	char *lmtp;         /* host:port, or NULL */
+	bool local_discard; /* [local_delivery] discard: accept, queue, drop */
 
 	/* [tls] */
 	char *tls_protocols;    /* e.g. "TLSv1.2 TLSv1.3" */

@@ -97,7 +97,9 @@ int fsync_all(const int *fds, size_t n, int *errs)
 		*pool_tail = t;
 		pool_tail = &t->next;
 	}
-	pthread_cond_broadcast(&pool_cv);
+	/* wake one thread per task, not the whole pool */
+	for (size_t i = 1; i < n && i <= pool_threads; i++)
+		pthread_cond_signal(&pool_cv);
 	pthread_mutex_unlock(&pool_mu);
 
 	errs[0] = fsync(fds[0]) < 0 ? errno : 0;

@@ -323,10 +323,25 @@ static void deliver_remote(struct engine *e, struct queue *q, const struct queue
 			rc->d = d;
 }
 
+/* deliver_discard - [local_delivery] discard = yes: Postfix's discard(8) */
+static void deliver_discard(struct queue *q, const struct queue_job *job)
+{
+	struct queue_rcpt_result *res = xcalloc(job->n_rcpts + 1, sizeof(*res));
+	for (size_t i = 0; i < job->n_rcpts; i++) {
+		result_set(&res[i], QUEUE_DELIVERED, 250, "2.0.0",
+		           "discarded ([local_delivery] discard = yes)");
+		snprintf(res[i].mx, sizeof(res[i].mx), "discard");
+	}
+	queue_job_done(q, job->job_id, res);
+	free(res);
+}
+
 static void deliver(void *arg, struct queue *q, const struct queue_job *job)
 {
 	struct engine *e = arg;
-	if (job->local && e->cfg->lmtp)
+	if (job->local && e->cfg->local_discard)
+		deliver_discard(q, job);
+	else if (job->local && e->cfg->lmtp)
 		deliver_lmtp(e, job);
 	else if (job->local)
 		deliver_maildir(e, job);

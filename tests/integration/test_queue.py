@@ -156,5 +156,22 @@ class DelayWarning(unittest.TestCase):
         self.assertEqual(d.log_text().count("action=delayed"), 1)
 
 
+class Discard(unittest.TestCase):
+    """[local_delivery] discard = yes: accepted durably (250 after the commit),
+    then dropped like Postfix's discard transport; no Maildir file, queue empty."""
+
+    def test_discard(self):
+        d = daemon("\n[local_delivery]\ndiscard = yes\n")
+        self.addCleanup(d.stop)
+        for i in range(3):
+            r = smxtest.send_mail(d.port, "discard %d" % i)
+            self.assertEqual(r.code, 250, r)
+        self.assertTrue(smxtest.poll(
+            lambda: d.log_text().count("event=removed") >= 3, 15), d.log_text())
+        self.assertEqual(d.log_text().count("mx=discard result=delivered"), 3)
+        self.assertEqual(d.all_mail_files(), [])
+        self.assertEqual(json.loads(cli(d, "queue", "list", "--json").stdout), [])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -56,6 +56,9 @@ SMX_ADDR, PF_ADDR, SSRV_ADDR = "127.0.0.71", "127.0.0.72", "127.0.0.73"
 SMX2_ADDR, SINK_ADDR, SINK_PORT = "127.0.0.74", "127.0.0.75", 2424
 # BENCH_LMTP=1: a second strictmxd that delivers to bench/lmtp-sink.py instead of a Maildir
 LMTP = os.environ.get("BENCH_LMTP", "0") == "1"
+# BENCH_MAILDIR=1: strictmxd delivers into an fsync'd Maildir instead of discarding (Postfix
+# always discards: `discard` transport); the default compares like with like
+MAILDIR = os.environ.get("BENCH_MAILDIR", "0") == "1"
 PORT = int(os.environ.get("BENCH_PORT", "2587"))
 SSRV_PORT = 4433
 NAME = "mx.bench.test"
@@ -183,7 +186,9 @@ class Strictmx:
                     "\n[local_delivery]\n%s\n"
                     "\n[limits]\nconnections = %d\nconnections_per_ip = %d\n"
                     % (NAME, addr, PORT, self.data, work, work,
-                       ("maildir = %s/mail" % self.data) if lmtp is None else ("lmtp = " + lmtp),
+                       ("lmtp = " + lmtp) if lmtp is not None
+                       else ("maildir = %s/mail" % self.data) if MAILDIR
+                       else "discard = yes",
                        max_conns + 100, max_conns + 100))
         self.log = os.path.join(self.dir, "daemon.log")
         self.proc = None
@@ -535,7 +540,8 @@ def perf_profile(smx, work, dur):
     data = os.path.join(work, "perf.data")
     gen = subprocess.Popen([SMTP_LOAD, "--host", SMX_ADDR, "--port", str(PORT), "--cafile", CA,
                             "--servername", NAME, "--rcpt", RCPT, "--quiet", "--connections",
-                            str(CONNS), "--messages", "1", "--duration", str(dur * 2 + 12)] + BIND,
+                            str(CONNS), "--messages", os.environ.get("PERF_MSGS", "1"),
+                            "--duration", str(dur * 2 + 12)] + BIND,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:

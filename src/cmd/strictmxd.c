@@ -250,6 +250,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	inbound_server_set_queue(srv, queue);
+	if (inbound_server_start(srv, err, sizeof(err)) < 0) {
+		log_err("event=startup_error error=\"%s\"", err);
+		return 1;
+	}
 	struct event *sigusr1 = evsignal_new(base, SIGUSR1, on_usr1, queue);
 	event_add(sigusr1, NULL);
 	struct engine *engine = engine_new(base, &cfg, queue, err, sizeof(err));
@@ -263,9 +267,10 @@ int main(int argc, char **argv)
 
 	event_base_dispatch(base);
 
-	inbound_server_free(&srv);
+	inbound_server_stop(srv);
 	engine_free(&engine);
 	queue_close(&queue);
+	inbound_server_free(&srv);
 	event_free(sigterm);
 	event_free(sigint);
 	event_free(sigusr1);

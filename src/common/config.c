@@ -53,6 +53,7 @@ void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->require_tls = true;
+	c->threads = 0; /* config_finish: one inbound loop per CPU, at most 8 */
 	c->line_length = 512;
 	c->text_line_length = 1000;
 	c->message_size = 36700160; /* 35 MiB, advertised in SIZE */
@@ -424,6 +425,8 @@ static int handle_server(struct parse_ctx *p, const char *k, const char *v)
 		set_str(&c->info_url, v);
 	} else if (!strcmp(k, "require_tls")) {
 		return set_bool(p, k, v, &c->require_tls);
+	} else if (!strcmp(k, "threads")) {
+		return set_count(p, k, v, 1, 64, &c->threads);
 	} else if (!strcmp(k, "user")) {
 		set_str(&c->user, v);
 	} else if (!strcmp(k, "syslog")) {
@@ -805,6 +808,10 @@ int config_finish(struct config *c, char *err, size_t errlen)
 	}
 	if (c->n_listeners == 0)
 		add_listener(c, "127.0.0.1", "2525");
+	if (c->threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		c->threads = n < 1 ? 1 : n > 8 ? 8 : (size_t)n;
+	}
 	for (size_t i = 0; i < c->n_listeners; i++)
 		if (!c->listeners[i].require_tls_set)
 			c->listeners[i].require_tls = c->require_tls;

@@ -81,6 +81,7 @@ struct config {
 	size_t recipients;
 	size_t connections;
 	size_t connections_per_ip;
+	size_t threads;           /* [server] threads: inbound event loops */
 	unsigned timeout_command; /* seconds */
 	unsigned timeout_data;
 	unsigned timeout_tls;

@@ -10,6 +10,13 @@
  *  - Backpressure: a client that pipelines without reading replies stops
  *    being read once OUT_HIGH bytes of replies wait for it.
  *  - Connection limits are applied at accept, before any byte is read.
+ *
+ * Threads (docs/architecture.md): the main loop accepts, applies the limits
+ * and hands each connection to one of `[server] threads` inbound loops (a
+ * shard, round robin), which runs the session and its TLS. Messages go to the
+ * queue on the main loop and the verdict comes back, both through mailboxes
+ * (common/mailbox.h). A shard never touches the queue; the main loop never
+ * touches a connection.
  */
 #include "inbound/server.h"
 
@@ -19,6 +26,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +43,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/mailbox.h"
 #include "common/xmalloc.h"
 #include "delivery/maildir.h"
 #include "inbound/session.h"
@@ -45,9 +54,13 @@
 #define OUT_HIGH  ((size_t)256 * 1024) /* stop reading while this much output waits */
 #define SPOOL_BUF 65536                /* spool writes are batched */
 
+struct shard;
+
 struct conn {
-	struct inbound_server *srv;
+	struct inbound_server *srv; /* read-only here: cfg, tls, spool_dir */
+	struct shard *sh;           /* the loop that owns this connection */
 	struct conn *prev, *next;
+	struct conn *snext; /* in sh->storing while waiting for the queue */
 	struct bufferevent *bev;
 	struct inbound_session *sess;
 	const struct config_listener *lst;
@@ -71,16 +84,41 @@ struct conn {
 	time_t started;
 };
 
-struct inbound_server {
+/* one inbound loop and its thread */
+struct shard {
+	struct inbound_server *srv;
+	size_t idx;
 	struct event_base *base;
+	struct mailbox *mb; /* calls into this loop */
+	pthread_t thread;
+	bool running;
+	bool dead; /* main loop's view: joined, post nothing more (main only) */
+	struct conn *conns;
+	struct conn *storing;
+	size_t n_conns;
+};
+
+/* connections per client address, kept by the main loop */
+#define IP_BUCKETS 4096
+struct ipcount {
+	struct ipcount *next;
+	size_t n;
+	char ip[INET6_ADDRSTRLEN];
+};
+
+struct inbound_server {
+	struct event_base *base; /* the main loop: accept, limits, queue */
 	const struct config *cfg;
 	SSL_CTX *tls;
 	struct queue *queue;
 	struct evconnlistener **listeners;
 	const struct config_listener **listener_cfg;
 	size_t n_listeners;
-	struct conn *conns;
-	size_t n_conns;
+	struct mailbox *mb; /* calls into the main loop */
+	struct shard *shards;
+	size_t n_shards, next_shard;
+	size_t n_conns; /* main loop's count: accepted, not yet reported closed */
+	struct ipcount *ips[IP_BUCKETS];
 	struct event *resume_ev; /* re-enables accepting after EMFILE */
 	uint64_t next_id;
 	char *spool_dir;
@@ -161,6 +199,99 @@ static void queue_committed(void *arg, bool ok, const char *err)
 }
 
 /*
+ * A message on its way to the queue: built on the shard, submitted on the
+ * main loop, its verdict carried back to the shard. The connection may be
+ * gone by then; the shard looks it up by pointer and id in its storing list
+ * and drops the verdict if it is not there.
+ */
+struct submit {
+	struct shard *sh;
+	struct conn *c;
+	uint64_t cid;
+	char *id, *sender, *client_ip;
+	bool tls;
+	uint64_t size;
+	size_t n;
+	struct queue_rcpt_in *rcpts;
+	char **strs; /* what rcpts point to */
+	size_t n_strs;
+	struct maildir_msg *spool;
+	bool ok;
+	char err[256];
+};
+
+static char *submit_keep(struct submit *s, const char *v)
+{
+	s->strs[s->n_strs] = xstrdup(v);
+	return s->strs[s->n_strs++];
+}
+
+static void submit_free(struct submit *s)
+{
+	for (size_t i = 0; i < s->n_strs; i++)
+		free(s->strs[i]);
+	free(s->strs);
+	free(s->rcpts);
+	free(s->id);
+	free(s->sender);
+	free(s->client_ip);
+	maildir_abort(&s->spool);
+	free(s);
+}
+
+static void conn_unstore(struct conn *c)
+{
+	for (struct conn **pp = &c->sh->storing; *pp; pp = &(*pp)->snext)
+		if (*pp == c) {
+			*pp = c->snext;
+			break;
+		}
+	c->snext = NULL;
+	c->storing = false;
+}
+
+/* on the shard: the verdict for a connection that may have gone */
+static void verdict_run(void *arg)
+{
+	struct submit *s = arg;
+	for (struct conn *c = s->sh->storing; c; c = c->snext)
+		if (c == s->c && c->id == s->cid) {
+			conn_unstore(c);
+			queue_committed(c, s->ok, s->err);
+			break;
+		}
+	submit_free(s);
+}
+
+/* on the main loop: the queue's group commit is done */
+static void submit_committed(void *arg, bool ok, const char *err)
+{
+	struct submit *s = arg;
+	s->ok = ok;
+	snprintf(s->err, sizeof(s->err), "%s", err ? err : "");
+	if (s->sh->dead)
+		submit_free(s);
+	else
+		mailbox_post(s->sh->mb, verdict_run, (mailbox_fn)submit_free, s);
+}
+
+/* on the main loop: into the queue (it takes the spool file) */
+static void submit_run(void *arg)
+{
+	struct submit *s = arg;
+	struct queue_msg_in m = {
+	    .id = s->id,
+	    .sender = s->sender,
+	    .client_ip = s->client_ip,
+	    .tls = s->tls,
+	    .size = s->size,
+	    .rcpts = s->rcpts,
+	    .n_rcpts = s->n,
+	};
+	queue_submit(s->sh->srv->queue, &m, &s->spool, submit_committed, s);
+}
+
+/*
  * conn_store - hand the message to the queue; the answer (250 or 451) is
  * given in queue_committed(), after the group commit made it durable.
  */
@@ -193,17 +324,30 @@ static void conn_store(struct conn *c)
 		}
 		r[i].domain = domains[i];
 	}
-	struct queue_msg_in m = {
-	    .id = env.queue_id,
-	    .sender = env.from->addr,
-	    .client_ip = c->ip,
-	    .tls = env.tls,
-	    .size = env.size,
-	    .rcpts = r,
-	    .n_rcpts = env.n_rcpts,
-	};
+	struct submit *sub = xcalloc(1, sizeof(*sub));
+	sub->sh = c->sh;
+	sub->c = c;
+	sub->cid = c->id;
+	sub->id = xstrdup(env.queue_id);
+	sub->sender = xstrdup(env.from->addr);
+	sub->client_ip = xstrdup(c->ip);
+	sub->tls = env.tls;
+	sub->size = env.size;
+	sub->n = env.n_rcpts;
+	sub->rcpts = xcalloc(env.n_rcpts + 1, sizeof(*sub->rcpts));
+	sub->strs = xcalloc(3 * env.n_rcpts + 1, sizeof(char *));
+	for (size_t i = 0; i < env.n_rcpts; i++) {
+		sub->rcpts[i].addr = submit_keep(sub, r[i].addr);
+		sub->rcpts[i].domain = submit_keep(sub, r[i].domain);
+		sub->rcpts[i].local_user =
+		    r[i].local_user ? submit_keep(sub, r[i].local_user) : NULL;
+	}
+	sub->spool = c->msg;
+	c->msg = NULL;
 	c->storing = true;
-	queue_submit(c->srv->queue, &m, &c->msg, queue_committed, c);
+	c->snext = c->sh->storing;
+	c->sh->storing = c;
+	mailbox_post(c->srv->mb, submit_run, (mailbox_fn)submit_free, sub);
 	free(r);
 	free(users);
 	free(domains);
@@ -294,7 +438,7 @@ static void conn_start_tls(struct conn *c)
 	bufferevent_setfd(c->bev, -1);
 	bufferevent_free(c->bev);
 	/* CLOSE_ON_FREE: libevent frees the SSL (and the socket) only then */
-	c->bev = bufferevent_openssl_socket_new(c->srv->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	c->bev = bufferevent_openssl_socket_new(c->sh->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 	                                        BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		log_err("event=tls_error sid=%016" PRIx64 " error=bufferevent", c->id);
@@ -455,20 +599,24 @@ static void conn_timeout(struct conn *c)
 	conn_close_when_flushed(c);
 }
 
+static void post_closed(struct inbound_server *srv, const char *ip);
+
 static void conn_free(struct conn *c)
 {
-	struct inbound_server *srv = c->srv;
+	struct shard *sh = c->sh;
 	log_info("event=disconnect sid=%016" PRIx64 " ip=%s duration=%ld", c->id, c->ip,
 	         (long)(time(NULL) - c->started));
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		srv->conns = c->next;
+		sh->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	srv->n_conns--;
+	sh->n_conns--;
 	if (c->storing)
-		queue_forget(srv->queue, c);
+		conn_unstore(c); /* its verdict, when it comes, finds nobody */
+	/* the main loop counts connections per address */
+	post_closed(c->srv, c->ip);
 	event_free(c->deadline);
 	inbound_session_free(&c->sess);
 	maildir_abort(&c->msg);
@@ -494,48 +642,110 @@ static void reject_connection(evutil_socket_t fd, const char *host, const char *
 	evutil_closesocket(fd);
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-                      void *arg)
+/* ---- connections per address (main loop) ---- */
+
+static size_t ip_hash(const char *ip)
 {
-	struct inbound_server *srv = arg;
+	size_t h = 5381;
+	for (const unsigned char *p = (const unsigned char *)ip; *p; p++)
+		h = h * 33 + *p;
+	return h % IP_BUCKETS;
+}
+
+static struct ipcount **ip_find(struct inbound_server *srv, const char *ip)
+{
+	struct ipcount **pp = &srv->ips[ip_hash(ip)];
+	while (*pp && strcmp((*pp)->ip, ip) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static size_t ip_count(struct inbound_server *srv, const char *ip)
+{
+	struct ipcount **pp = ip_find(srv, ip);
+	return *pp ? (*pp)->n : 0;
+}
+
+static void ip_add(struct inbound_server *srv, const char *ip)
+{
+	struct ipcount **pp = ip_find(srv, ip);
+	if (*pp == NULL) {
+		*pp = xcalloc(1, sizeof(**pp));
+		snprintf((*pp)->ip, sizeof((*pp)->ip), "%s", ip);
+	}
+	(*pp)->n++;
+	srv->n_conns++;
+}
+
+static void ip_del(struct inbound_server *srv, const char *ip)
+{
+	struct ipcount **pp = ip_find(srv, ip);
+	if (*pp == NULL)
+		return;
+	srv->n_conns--;
+	if (--(*pp)->n == 0) {
+		struct ipcount *e = *pp;
+		*pp = e->next;
+		free(e);
+	}
+}
+
+struct closed {
+	struct inbound_server *srv;
+	char ip[INET6_ADDRSTRLEN];
+};
+
+/* a shard's connection ended (main loop) */
+static void closed_run(void *arg)
+{
+	struct closed *cl = arg;
+	ip_del(cl->srv, cl->ip);
+	free(cl);
+}
+
+static void post_closed(struct inbound_server *srv, const char *ip)
+{
+	struct closed *cl = xcalloc(1, sizeof(*cl));
+	cl->srv = srv;
+	snprintf(cl->ip, sizeof(cl->ip), "%s", ip);
+	mailbox_post(srv->mb, closed_run, free, cl);
+}
+
+/* ---- accepting: limits on the main loop, the session on a shard ---- */
+
+struct handoff {
+	struct shard *sh;
+	evutil_socket_t fd;
+	const struct config_listener *lc;
+	uint64_t id;
+	char ip[INET6_ADDRSTRLEN];
+};
+
+static void handoff_drop(void *arg)
+{
+	struct handoff *h = arg;
+	evutil_closesocket(h->fd);
+	free(h);
+}
+
+/* on the shard: the session starts */
+static void handoff_run(void *arg)
+{
+	struct handoff *h = arg;
+	struct shard *sh = h->sh;
+	struct inbound_server *srv = sh->srv;
 	const struct config *cfg = srv->cfg;
-	char ip[INET6_ADDRSTRLEN] = "unknown";
-
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof(ip));
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof(ip));
-
-	if (srv->n_conns >= cfg->connections) {
-		log_warn("event=reject ip=%s reason=too_many_connections total=%zu", ip,
-		         srv->n_conns);
-		reject_connection(fd, cfg->hostname, "too many connections");
-		return;
-	}
-	size_t same = 0;
-	for (struct conn *o = srv->conns; o; o = o->next)
-		if (strcmp(o->ip, ip) == 0)
-			same++;
-	if (same >= cfg->connections_per_ip) {
-		log_warn("event=reject ip=%s reason=too_many_connections_from_ip count=%zu", ip,
-		         same);
-		char why[128];
-		snprintf(why, sizeof(why), "too many connections from %s", ip);
-		reject_connection(fd, cfg->hostname, why);
-		return;
-	}
-
-	const struct config_listener *lc = NULL;
-	for (size_t i = 0; i < srv->n_listeners; i++)
-		if (srv->listeners[i] == l)
-			lc = srv->listener_cfg[i];
+	const struct config_listener *lc = h->lc;
+	evutil_socket_t fd = h->fd;
+	const char *ip = h->ip;
 
 	struct conn *c = xcalloc(1, sizeof(*c));
 	c->srv = srv;
+	c->sh = sh;
 	c->lst = lc;
-	c->id = srv->next_id++;
+	c->id = h->id;
 	c->started = time(NULL);
-	c->deadline = evtimer_new(srv->base, deadline_cb, c);
+	c->deadline = evtimer_new(sh->base, deadline_cb, c);
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
@@ -549,12 +759,14 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	 * closing it ourselves first lets a new connection reuse the descriptor
 	 * and lose its events when the old bufferevent's are removed.
 	 */
-	c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_socket_new(sh->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		evutil_closesocket(fd);
 		free(c->spool_buf);
 		event_free(c->deadline);
+		post_closed(srv, c->ip);
 		free(c);
+		free(h);
 		return;
 	}
 	struct inbound_params p = {
@@ -574,19 +786,60 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	    .sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
 	};
 	c->sess = inbound_session_new(&p);
-	c->next = srv->conns;
-	if (srv->conns)
-		srv->conns->prev = c;
-	srv->conns = c;
-	srv->n_conns++;
+	c->next = sh->conns;
+	if (sh->conns)
+		sh->conns->prev = c;
+	sh->conns = c;
+	sh->n_conns++;
 	log_info("event=connect sid=%016" PRIx64 " ip=%s listener=%s:%s require_tls=%s", c->id, ip,
 	         lc ? lc->host : "?", lc ? lc->port : "?", p.require_tls ? "yes" : "no");
+	free(h);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	inbound_session_greet(c->sess);
 	conn_flush_output(c);
 	conn_set_timeouts(c);
 	conn_progress(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+	struct inbound_server *srv = arg;
+	const struct config *cfg = srv->cfg;
+	char ip[INET6_ADDRSTRLEN] = "unknown";
+
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof(ip));
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof(ip));
+
+	if (srv->n_conns >= cfg->connections) {
+		log_warn("event=reject ip=%s reason=too_many_connections total=%zu", ip,
+		         srv->n_conns);
+		reject_connection(fd, cfg->hostname, "too many connections");
+		return;
+	}
+	size_t same = ip_count(srv, ip);
+	if (same >= cfg->connections_per_ip) {
+		log_warn("event=reject ip=%s reason=too_many_connections_from_ip count=%zu", ip,
+		         same);
+		char why[128];
+		snprintf(why, sizeof(why), "too many connections from %s", ip);
+		reject_connection(fd, cfg->hostname, why);
+		return;
+	}
+
+	struct handoff *h = xcalloc(1, sizeof(*h));
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		if (srv->listeners[i] == l)
+			h->lc = srv->listener_cfg[i];
+	h->sh = &srv->shards[srv->next_shard++ % srv->n_shards];
+	h->fd = fd;
+	h->id = srv->next_id++;
+	snprintf(h->ip, sizeof(h->ip), "%s", ip);
+	ip_add(srv, ip);
+	mailbox_post(h->sh->mb, handoff_run, handoff_drop, h);
 }
 
 static void resume_accept_cb(evutil_socket_t fd, short what, void *arg)
@@ -614,6 +867,27 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 	evtimer_add(srv->resume_ev, &tv);
 }
 
+static void *shard_main(void *arg)
+{
+	struct shard *sh = arg;
+	event_base_dispatch(sh->base);
+	/* what the last sessions left behind (bufferevent finalizers, deferred
+	 * callbacks) runs here, on the loop's own thread */
+	event_base_loop(sh->base, EVLOOP_NONBLOCK);
+	return NULL;
+}
+
+/* on the shard, at shutdown: every session ends, then the loop */
+static void shard_stop(void *arg)
+{
+	struct shard *sh = arg;
+	while (sh->conns)
+		/* the callee unlinks the head: no use after free */
+		conn_free(sh->conns); // NOLINT(clang-analyzer-unix.Malloc)
+	/* after the callbacks made active meanwhile (finalizers) have run */
+	event_base_loopexit(sh->base, NULL);
+}
+
 struct inbound_server *inbound_server_new(struct event_base *base, const struct config *c,
                                           SSL_CTX *tls, struct queue *q, char *err, size_t errlen)
 {
@@ -627,6 +901,30 @@ struct inbound_server *inbound_server_new(struct event_base *base, const struct 
 	srv->listeners = xcalloc(c->n_listeners, sizeof(*srv->listeners));
 	srv->listener_cfg = xcalloc(c->n_listeners, sizeof(*srv->listener_cfg));
 	srv->resume_ev = evtimer_new(base, resume_accept_cb, srv);
+	srv->mb = mailbox_new(base, err, errlen);
+	if (srv->mb == NULL) {
+		inbound_server_free(&srv);
+		return NULL;
+	}
+	size_t n = c->threads ? c->threads : 1;
+	srv->shards = xcalloc(n, sizeof(*srv->shards));
+	for (size_t i = 0; i < n; i++) {
+		struct shard *sh = &srv->shards[i];
+		sh->srv = srv;
+		sh->idx = i;
+		sh->base = event_base_new();
+		if (sh->base == NULL) {
+			snprintf(err, errlen, "inbound loop %zu: event_base_new failed", i);
+			inbound_server_free(&srv);
+			return NULL;
+		}
+		srv->n_shards++;
+		sh->mb = mailbox_new(sh->base, err, errlen);
+		if (sh->mb == NULL) {
+			inbound_server_free(&srv);
+			return NULL;
+		}
+	}
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		const struct config_listener *lc = &c->listeners[i];
 		struct sockaddr_storage ss;
@@ -664,14 +962,60 @@ void inbound_server_set_queue(struct inbound_server *srv, struct queue *q)
 	srv->queue = q;
 }
 
+int inbound_server_start(struct inbound_server *srv, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < srv->n_shards; i++) {
+		struct shard *sh = &srv->shards[i];
+		int rc = pthread_create(&sh->thread, NULL, shard_main, sh);
+		if (rc != 0) {
+			snprintf(err, errlen, "inbound loop %zu: pthread_create: %s", i,
+			         strerror(rc));
+			return -1;
+		}
+		sh->running = true;
+	}
+	log_info("event=inbound_loops count=%zu", srv->n_shards);
+	return 0;
+}
+
+void inbound_server_stop(struct inbound_server *srv)
+{
+	for (size_t i = 0; i < srv->n_listeners; i++)
+		evconnlistener_disable(srv->listeners[i]);
+	for (size_t i = 0; i < srv->n_shards; i++) {
+		struct shard *sh = &srv->shards[i];
+		if (sh->running) {
+			mailbox_post(sh->mb, shard_stop, NULL, sh);
+			pthread_join(sh->thread, NULL);
+			sh->running = false;
+		} else if (!sh->dead && sh->base) {
+			shard_stop(sh);
+		}
+		/* verdicts not delivered are dropped; connections handed over but
+		 * not started are closed */
+		mailbox_free(&sh->mb);
+		sh->dead = true;
+	}
+}
+
 void inbound_server_free(struct inbound_server **sp)
 {
 	struct inbound_server *srv = *sp;
 	if (srv == NULL)
 		return;
-	while (srv->conns)
-		/* the callee unlinks the head: no use after free */
-		conn_free(srv->conns); // NOLINT(clang-analyzer-unix.Malloc)
+	inbound_server_stop(srv);
+	for (size_t i = 0; i < srv->n_shards; i++)
+		if (srv->shards[i].base)
+			event_base_free(srv->shards[i].base);
+	free(srv->shards);
+	/* messages on their way to the queue were never acknowledged: dropped */
+	mailbox_free(&srv->mb);
+	for (size_t i = 0; i < IP_BUCKETS; i++)
+		while (srv->ips[i]) {
+			struct ipcount *e = srv->ips[i];
+			srv->ips[i] = e->next;
+			free(e);
+		}
 	for (size_t i = 0; i < srv->n_listeners; i++)
 		evconnlistener_free(srv->listeners[i]);
 	if (srv->resume_ev)

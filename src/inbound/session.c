@@ -49,7 +49,7 @@ struct tx {
 	struct smtp_path from;
 	struct smtp_mail_params params;
 	struct smtp_path *rcpts;
-	size_t n_rcpts;
+	size_t n_rcpts, cap_rcpts;
 	bool used_bdat;
 	bool used_data;
 	bool failed;    /* BDAT: an error; chunks are discarded until LAST/RSET */
@@ -401,7 +401,11 @@ static void cmd_rcpt(struct inbound_session *s, const struct smtp_cmd *c)
 			reply(s, 250, "2.1.5", "Ok");
 			return; /* a duplicate is delivered once */
 		}
-	s->tx.rcpts = xrealloc(s->tx.rcpts, (s->tx.n_rcpts + 1) * sizeof(*s->tx.rcpts));
+	if (s->tx.n_rcpts == s->tx.cap_rcpts) {
+		/* doubling: growing by one copied ~320 MB per 1000 recipients */
+		s->tx.cap_rcpts = s->tx.cap_rcpts ? 2 * s->tx.cap_rcpts : 8;
+		s->tx.rcpts = xrealloc(s->tx.rcpts, s->tx.cap_rcpts * sizeof(*s->tx.rcpts));
+	}
 	s->tx.rcpts[s->tx.n_rcpts++] = path;
 	reply(s, 250, "2.1.5", "Ok");
 }
@@ -511,26 +515,29 @@ static void cmd_data(struct inbound_session *s, const struct smtp_cmd *c, size_t
 		reply(s, 501, "5.5.4", "Syntax: DATA");
 		return;
 	}
-	if (!s->tx.active) {
-		reply(s, 503, "5.5.1", "Error: need MAIL command");
-		return;
-	}
-	if (s->tx.used_bdat) {
+	if (s->tx.used_bdat) { /* RFC 3030 §2: 503, the transaction is kept */
 		reply(s, 503, "5.5.1", "Error: DATA after BDAT");
-		return;
-	}
-	if (s->tx.n_rcpts == 0) {
-		reply(s, 554, "5.5.1", "Error: no valid recipients");
 		return;
 	}
 	if (rest > 0) {
 		/* RFC 2920 §3.1: DATA ends a pipelined group; content before our 354
-		 * is a client that does not wait (the smtpsmug "pipelining" case). */
+		 * is a client that does not wait (the smtpsmug "pipelining" case).
+		 * This comes before the checks that refuse DATA (no MAIL, no valid
+		 * recipient): a client whose MAIL or every RCPT was refused still
+		 * sends its content, which must never run as commands. */
 		log_info("event=reject sid=%016" PRIx64 " reason=pipelined_data bytes=%zu", s->p.id,
 		         rest);
 		tx_reset(s);
 		reply(s, 554, "5.5.0", "Error: SMTP protocol synchronization");
 		close_session(s);
+		return;
+	}
+	if (!s->tx.active) {
+		reply(s, 503, "5.5.1", "Error: need MAIL command");
+		return;
+	}
+	if (s->tx.n_rcpts == 0) {
+		reply(s, 554, "5.5.1", "Error: no valid recipients");
 		return;
 	}
 	if (!begin_content(s)) {

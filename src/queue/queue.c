@@ -438,10 +438,15 @@ static bool rcpt_active(struct queue *q, const char *msg_id, const char *rcpt)
 	return false;
 }
 
-static size_t domain_active(struct queue *q, const char *domain)
+/* domain_active - remote jobs for domain in flight, and being started by this
+ * scan (building): max_connections_per_domain counts both */
+static size_t domain_active(struct queue *q, const struct active_job *building, const char *domain)
 {
 	size_t n = 0;
 	for (struct active_job *a = q->active; a; a = a->next)
+		if (!a->job.local && strcmp(a->job.domain, domain) == 0)
+			n++;
+	for (const struct active_job *a = building; a; a = a->next)
 		if (!a->job.local && strcmp(a->job.domain, domain) == 0)
 			n++;
 	return n;
@@ -553,8 +558,8 @@ static void scan_done(void *arg)
 		if (a == NULL) {
 			if (q->n_active + n_new >= MAX_JOBS)
 				continue;
-			if (row->user == NULL &&
-			    domain_active(q, row->domain) >= q->cfg->max_connections_per_domain)
+			if (row->user == NULL && domain_active(q, building, row->domain) >=
+			                             q->cfg->max_connections_per_domain)
 				continue;
 			a = xcalloc(1, sizeof(*a));
 			a->job.job_id = ++q->next_job;
@@ -1010,6 +1015,7 @@ struct results_req {
 	struct queue *q;
 	struct active_job **jobs;
 	size_t n;
+	bool ok;
 };
 
 static void results_work(void *arg)
@@ -1022,10 +1028,11 @@ static void results_work(void *arg)
 	for (size_t i = 0; ok && i < r->n; i++)
 		if (apply_results(q, r->jobs[i], r->jobs[i]->results))
 			removed[n_removed++] = xstrdup(r->jobs[i]->job.msg_id);
-	if (ok && db_exec(q, "COMMIT") < 0) {
-		db_exec(q, "ROLLBACK");
+	if (ok && db_exec(q, "COMMIT") < 0)
 		ok = false;
-	}
+	if (!ok)
+		db_exec(q, "ROLLBACK");
+	r->ok = ok;
 	/* bodies go only after the COMMIT that deleted their rows */
 	for (size_t i = 0; i < n_removed; i++) {
 		if (ok)
@@ -1039,8 +1046,22 @@ static void results_done(void *arg)
 {
 	struct results_req *r = arg;
 	struct queue *q = r->q;
-	/* finished jobs leave the active list; if the commit failed their rows
-	 * stay queued and are retried at the next scan */
+	if (!r->ok) {
+		/* Not recorded (disk full, I/O error): the jobs stay in the active
+		 * list with their results, so no scan delivers them again, and only
+		 * the commit is retried, a second later. Dropping them would have
+		 * the next scan deliver the same message again and again. */
+		for (size_t i = 0; i < r->n; i++)
+			r->jobs[i]->committing = false;
+		free(r->jobs);
+		free(r);
+		log_warn("event=queue_results_retry in=1s");
+		struct timeval tv = {.tv_sec = 1};
+		event_del(q->results_ev);
+		event_add(q->results_ev, &tv);
+		return;
+	}
+	/* finished jobs leave the active list */
 	for (size_t i = 0; i < r->n; i++)
 		for (struct active_job **pp = &q->active; *pp; pp = &(*pp)->next)
 			if (*pp == r->jobs[i]) {

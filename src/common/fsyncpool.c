@@ -9,6 +9,7 @@
 #include "common/fsyncpool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -114,5 +115,17 @@ int fsync_all(const int *fds, size_t n, int *errs)
 	for (size_t i = 0; i < n; i++)
 		if (errs[i])
 			rc = -1;
+	return rc;
+}
+
+int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd);
+	int e = errno;
+	close(fd);
+	errno = e;
 	return rc;
 }

@@ -18,4 +18,7 @@
  */
 int fsync_all(const int *fds, size_t n, int *errs);
 
+/* fsync_dir - fsync a directory by path (its entries made durable); 0 or -1 */
+int fsync_dir(const char *dir);
+
 #endif

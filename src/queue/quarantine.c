@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fsyncpool.h"
 #include "common/log.h"
 #include "common/qid.h"
 #include "common/xmalloc.h"
@@ -39,16 +40,6 @@ static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		log_err("event=queue_db_error error=\"%s\"", sqlite3_errmsg(db));
 	return st;
-}
-
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd);
-	close(fd);
-	return rc;
 }
 
 /* id_safe - an id we may use as a file name: what qid_new() makes */

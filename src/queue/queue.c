@@ -165,16 +165,6 @@ static void unprep(struct queue *q, sqlite3_stmt *st)
 	sqlite3_finalize(st);
 }
 
-static int fsync_path(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 static char *body_path(struct queue *q, const char *id)
 {
 	return xasprintf("%s/%s", q->dir, id);
@@ -702,7 +692,7 @@ static int write_body(struct queue *q, const char *id, const char *data, size_t 
 		}
 		if (off == len && fsync(fd) == 0 && close(fd) == 0) {
 			fd = -1;
-			if (rename(tmp, path) == 0 && fsync_path(q->dir) == 0)
+			if (rename(tmp, path) == 0 && fsync_dir(q->dir) == 0)
 				rc = 0;
 		}
 		if (fd >= 0)

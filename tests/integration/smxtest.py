@@ -140,6 +140,20 @@ class Daemon:
         if start:
             self.start(ready_timeout)
 
+    @classmethod
+    def with_config(cls, extra="", data_dir=None, limits=None):
+        """A started daemon whose config is the default plus the INI text extra
+        (more sections), optionally on another data_dir (a small file system)."""
+        d = cls(start=False, limits=limits)
+        text = open(d.conf).read()
+        if data_dir:
+            text = text.replace("data_dir = %s" % d.data_dir, "data_dir = %s" % data_dir)
+            d.data_dir = data_dir
+        with open(d.conf, "w") as f:
+            f.write(text + extra)
+        d.start()
+        return d
+
     # -- lifecycle --
     def start(self, ready_timeout=20.0):
         env = dict(os.environ)

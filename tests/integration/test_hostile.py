@@ -34,16 +34,7 @@ def cli(d, *args):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
 
 
-def daemon(extra="", data_dir=None, limits=None):
-    d = smxtest.Daemon(start=False, limits=limits)
-    text = open(d.conf).read()
-    if data_dir:
-        text = text.replace("data_dir = %s" % d.data_dir, "data_dir = %s" % data_dir)
-        d.data_dir = data_dir
-    with open(d.conf, "w") as f:
-        f.write(text + extra)
-    d.start()
-    return d
+daemon = smxtest.Daemon.with_config
 
 
 def restart(d, conf_text=None):

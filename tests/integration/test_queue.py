@@ -25,12 +25,7 @@ def swaks(port, to, frm="a@example.org", subject="queue test"):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
 
-def daemon(extra):
-    d = smxtest.Daemon(start=False)
-    with open(d.conf, "a") as f:
-        f.write(extra)
-    d.start()
-    return d
+daemon = smxtest.Daemon.with_config
 
 
 class QueueCli(unittest.TestCase):

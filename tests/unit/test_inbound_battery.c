@@ -48,6 +48,7 @@
 #include "common/qid.h"
 #include "inbound/session.h"
 #include "smtp/reply.h"
+#include "testbuf.h"
 
 #define HOST         "mx.test.example"
 #define TLS_DESC     "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
@@ -122,66 +123,19 @@
 /* ------------------------------------------------------------------ */
 /* The simulated I/O layer */
 
-struct bb {
-	char *p;
-	size_t len, cap;
-};
-
-static void bb_add(struct bb *b, const void *p, size_t n)
-{
-	if (b->p == NULL || b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		assert_non_null(b->p);
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->len, p, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void bb_adds(struct bb *b, const char *s)
-{
-	bb_add(b, s, strlen(s));
-}
-
-static void bb_clear(struct bb *b)
-{
-	bb_add(b, "", 0);
-	b->len = 0;
-	b->p[0] = '\0';
-}
-
-static void bb_drop(struct bb *b, size_t n)
-{
-	assert_true(n <= b->len);
-	memmove(b->p, b->p + n, b->len - n);
-	b->len -= n;
-	b->p[b->len] = '\0';
-}
-
-static void bb_free(struct bb *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
-
 struct drv {
 	struct strlist domains;
 	struct inbound_params p;
 	struct inbound_session *s;
 	/* the sink */
-	struct bb content;
+	struct buf content;
 	bool sink_open;
 	bool sink_fail_begin;
 	unsigned begins, aborts, stores;
 	/* output: since the last take, and whole */
-	struct bb out, all;
-	struct bb pend;   /* input not consumed yet */
-	struct bb bodies; /* every stored body, each followed by '|' */
+	struct buf out, all;
+	struct buf pend;   /* input not consumed yet */
+	struct buf bodies; /* every stored body, each followed by '|' */
 	bool closed;
 	unsigned starttls;
 };
@@ -195,7 +149,7 @@ static int sink_begin(void *ctx)
 	assert_false(d->sink_open);
 	if (d->sink_fail_begin)
 		return -1;
-	bb_clear(&d->content);
+	buf_clear(&d->content);
 	d->sink_open = true;
 	d->begins++;
 	return 0;
@@ -207,7 +161,7 @@ static void sink_write(void *ctx, const void *p, size_t n)
 
 	assert_true(d->sink_open);
 	assert_true(d->content.len + n <= SIZE_MAX_MSG);
-	bb_add(&d->content, p, n);
+	buf_add(&d->content, p, n);
 }
 
 static void sink_abort(void *ctx)
@@ -243,11 +197,11 @@ static struct drv *drv_new(bool require_tls)
 	d->p.sink.begin = sink_begin;
 	d->p.sink.write = sink_write;
 	d->p.sink.abort = sink_abort;
-	bb_clear(&d->out);
-	bb_clear(&d->all);
-	bb_clear(&d->pend);
-	bb_clear(&d->bodies);
-	bb_clear(&d->content);
+	buf_clear(&d->out);
+	buf_clear(&d->all);
+	buf_clear(&d->pend);
+	buf_clear(&d->bodies);
+	buf_clear(&d->content);
 	d->s = inbound_session_new(&d->p);
 	assert_non_null(d->s);
 	inbound_session_greet(d->s);
@@ -268,11 +222,11 @@ static void drv_free(struct drv *d)
 		return;
 	inbound_session_free(&d->s);
 	strlist_free(&d->domains);
-	bb_free(&d->content);
-	bb_free(&d->out);
-	bb_free(&d->all);
-	bb_free(&d->pend);
-	bb_free(&d->bodies);
+	buf_free(&d->content);
+	buf_free(&d->out);
+	buf_free(&d->all);
+	buf_free(&d->pend);
+	buf_free(&d->bodies);
 	if (live_drv == d)
 		live_drv = NULL;
 	free(d);
@@ -283,8 +237,8 @@ static void collect(struct drv *d)
 	size_t n;
 	const char *o = inbound_session_output(d->s, &n);
 
-	bb_add(&d->out, o, n);
-	bb_add(&d->all, o, n);
+	buf_add(&d->out, o, n);
+	buf_add(&d->all, o, n);
 	inbound_session_output_clear(d->s);
 }
 
@@ -300,8 +254,8 @@ static void do_store(struct drv *d)
 	/* the body: what follows our Received: header (which ends with the date) */
 	const char *body = strstr(d->content.p, "+0000\r\n");
 	assert_non_null(body);
-	bb_adds(&d->bodies, body + 7);
-	bb_adds(&d->bodies, "|");
+	buf_adds(&d->bodies, body + 7);
+	buf_adds(&d->bodies, "|");
 	d->sink_open = false;
 	d->stores++;
 	inbound_session_store_done(d->s, NULL);
@@ -314,7 +268,7 @@ static void pump(struct drv *d)
 		size_t used = inbound_session_input(d->s, d->pend.p, d->pend.len);
 
 		assert_true(used <= d->pend.len);
-		bb_drop(&d->pend, used);
+		buf_drop(&d->pend, used);
 		collect(d);
 		switch (inbound_session_action(d->s)) {
 		case INBOUND_NONE:
@@ -330,6 +284,9 @@ static void pump(struct drv *d)
 		case INBOUND_CLOSE:
 			d->closed = true;
 			return;
+		case INBOUND_DELAY: /* errors_delay_after is 0 here */
+			inbound_session_delay_done(d->s);
+			break;
 		}
 	}
 }
@@ -338,14 +295,14 @@ static void feedn(struct drv *d, const char *p, size_t n, bool bytewise)
 {
 	if (bytewise) {
 		for (size_t i = 0; i < n && !d->closed; i++) {
-			bb_add(&d->pend, p + i, 1);
+			buf_add(&d->pend, p + i, 1);
 			pump(d);
 		}
 		return;
 	}
 	if (d->closed)
 		return;
-	bb_add(&d->pend, p, n);
+	buf_add(&d->pend, p, n);
 	pump(d);
 }
 
@@ -355,7 +312,7 @@ static void feeds(struct drv *d, const char *s, bool bytewise)
 }
 
 /* mask_qids - "queued as ID" becomes "queued as #" */
-static void mask_qids(struct bb *b)
+static void mask_qids(struct buf *b)
 {
 	char *p = b->p;
 
@@ -378,7 +335,7 @@ static const char *take(struct drv *d)
 	mask_qids(&d->out);
 	assert_true(d->out.len < sizeof(copy));
 	memcpy(copy, d->out.p, d->out.len + 1);
-	bb_clear(&d->out);
+	buf_clear(&d->out);
 	return copy;
 }
 
@@ -443,16 +400,16 @@ static const char *const mode_names[] = {"one command per read", "pipelined", "o
 static void run_script(const struct script *sc, enum mode m, const char *what)
 {
 	struct drv *d = drv_new(sc->require_tls);
-	struct bb want = {0}, bodies = {0};
+	struct buf want = {0}, bodies = {0};
 
-	bb_clear(&want);
-	bb_clear(&bodies);
-	bb_adds(&want, R_GREET);
+	buf_clear(&want);
+	buf_clear(&bodies);
+	buf_adds(&want, R_GREET);
 	for (size_t i = 0; i < sc->n; i++) {
-		bb_adds(&want, sc->st[i].want);
+		buf_adds(&want, sc->st[i].want);
 		if (sc->st[i].body) {
-			bb_adds(&bodies, sc->st[i].body);
-			bb_adds(&bodies, "|");
+			buf_adds(&bodies, sc->st[i].body);
+			buf_adds(&bodies, "|");
 		}
 	}
 	collect(d);
@@ -467,16 +424,16 @@ static void run_script(const struct script *sc, enum mode m, const char *what)
 				         sc->st[i].in, got, sc->st[i].want);
 		}
 	} else {
-		struct bb group = {0};
-		bb_clear(&group);
+		struct buf group = {0};
+		buf_clear(&group);
 		for (size_t i = 0; i < sc->n; i++) {
-			bb_add(&group, sc->st[i].in, step_len(&sc->st[i]));
+			buf_add(&group, sc->st[i].in, step_len(&sc->st[i]));
 			if (i + 1 == sc->n || (m == M_PIPE && step_syncs(&sc->st[i]))) {
 				feedn(d, group.p, group.len, m == M_BYTE);
-				bb_clear(&group);
+				buf_clear(&group);
 			}
 		}
-		bb_free(&group);
+		buf_free(&group);
 	}
 	mask_qids(&d->all);
 	if (strcmp(d->all.p, want.p) != 0)
@@ -487,8 +444,8 @@ static void run_script(const struct script *sc, enum mode m, const char *what)
 		         d->bodies.p, bodies.p);
 	assert_int_equal(d->closed, sc->ends_closed);
 	drv_end(d);
-	bb_free(&want);
-	bb_free(&bodies);
+	buf_free(&want);
+	buf_free(&bodies);
 	drv_free(d);
 }
 
@@ -1053,19 +1010,19 @@ static void test_random_sequences(void **state)
 		}
 		for (int m = 0; m < 3; m++) {
 			struct drv *d = drv_new(sc.require_tls);
-			struct bb group = {0};
+			struct buf group = {0};
 
 			collect(d);
-			bb_clear(&group);
+			buf_clear(&group);
 			for (size_t k = 0; k < sc.n; k++) {
-				bb_add(&group, sc.st[k].in, step_len(&sc.st[k]));
+				buf_add(&group, sc.st[k].in, step_len(&sc.st[k]));
 				if (k + 1 == sc.n || m == M_STEP ||
 				    (m == M_PIPE && step_syncs(&sc.st[k]))) {
 					feedn(d, group.p, group.len, m == M_BYTE);
-					bb_clear(&group);
+					buf_clear(&group);
 				}
 			}
-			bb_free(&group);
+			buf_free(&group);
 			mask_qids(&d->all);
 			outs[m] = strdup(d->all.p);
 			bodies[m] = strdup(d->bodies.p);
@@ -1081,10 +1038,10 @@ static void test_random_sequences(void **state)
 		for (int m = 1; m < 3; m++)
 			if (strcmp(outs[0], outs[m]) != 0 || strcmp(bodies[0], bodies[m]) != 0 ||
 			    closed[0] != closed[m]) {
-				struct bb in = {0};
-				bb_clear(&in);
+				struct buf in = {0};
+				buf_clear(&in);
 				for (size_t k = 0; k < sc.n; k++)
-					bb_add(&in, sc.st[k].in, step_len(&sc.st[k]));
+					buf_add(&in, sc.st[k].in, step_len(&sc.st[k]));
 				fail_msg(
 				    "sequence %d (%s) differs from one command per read:\ninput "
 				    "\"%.2000s\"\n got \"%s\"\nwant \"%s\"",
@@ -1414,20 +1371,20 @@ static void test_bdat_errors_max(void **state)
 {
 	(void)state;
 	struct drv *d = tls_ready();
-	struct bb in = {0}, want = {0};
+	struct buf in = {0}, want = {0};
 
-	bb_clear(&in);
-	bb_clear(&want);
+	buf_clear(&in);
+	buf_clear(&want);
 	for (int i = 0; i < 10; i++) {
-		bb_adds(&in, "BDAT 1\r\nx");
-		bb_adds(&want, R_NEED_MAIL);
+		buf_adds(&in, "BDAT 1\r\nx");
+		buf_adds(&want, R_NEED_MAIL);
 	}
-	bb_adds(&in, "NOOP\r\n");
-	bb_adds(&want, "421 4.7.0 " HOST " Error: too many errors\r\n");
+	buf_adds(&in, "NOOP\r\n");
+	buf_adds(&want, "421 4.7.0 " HOST " Error: too many errors\r\n");
 	cmd(d, in.p, want.p);
 	assert_true(d->closed);
-	bb_free(&in);
-	bb_free(&want);
+	buf_free(&in);
+	buf_free(&want);
 	drv_end(d);
 	drv_free(d);
 }

@@ -23,6 +23,7 @@
 #include "inbound/session.h"
 #include "smtp/command.h"
 #include "smtp/reply.h"
+#include "testbuf.h"
 
 #define HOST     "mx.test.example"
 #define TLS_DESC "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
@@ -43,49 +44,6 @@
 #define RCPT_ALICE "RCPT TO:<alice@example.org>\r\n"
 
 #define SINK_MAX (256 * 1024)
-
-/* a growable byte buffer, always NUL-terminated */
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const void *p, size_t n)
-{
-	if (b->p == NULL || b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		b->p = realloc(b->p, cap);
-		assert_non_null(b->p);
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->p + b->len, p, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void buf_clear(struct buf *b)
-{
-	b->len = 0;
-	if (b->p)
-		b->p[0] = '\0';
-}
-
-static void buf_drop(struct buf *b, size_t n)
-{
-	assert_true(n <= b->len);
-	memmove(b->p, b->p + n, b->len - n);
-	b->len -= n;
-	b->p[b->len] = '\0';
-}
-
-static void buf_free(struct buf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
 
 static bool buf_has(const struct buf *b, const char *s)
 {
@@ -143,6 +101,7 @@ struct drv {
 	struct buf pend; /* input not consumed yet */
 	struct buf msg;  /* content of the last stored message */
 	unsigned stores, starttls;
+	unsigned delays; /* INBOUND_DELAY actions seen */
 	bool fail_store;
 	bool closed;
 	bool bytewise; /* feed one byte per read */
@@ -279,6 +238,10 @@ static void pump(struct drv *d)
 		case INBOUND_CLOSE:
 			d->closed = true;
 			return;
+		case INBOUND_DELAY:
+			d->delays++;
+			inbound_session_delay_done(d->s);
+			break;
 		}
 	}
 }

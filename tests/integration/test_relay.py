@@ -118,6 +118,48 @@ class Relay(unittest.TestCase):
         self.assertLess(connects, n + 1, b.log_text())  # +1: the readiness probe
         self.assertEqual(len(re.findall(r"event=result .* result=delivered", a.log_text())), n)
 
+    def test_per_domain_connection_limit(self):
+        """[outbound] max_connections_per_domain holds when one scan finds many due
+        messages for the domain at once (a flush after the MX was down): at most that
+        many connections to the MX at any moment; the rest wait and reuse them."""
+        b = smxtest.Daemon(start=False)
+        text = open(b.conf).read().replace("local_domains = example.org",
+                                           "local_domains = b.lab")
+        with open(b.conf, "w") as f:
+            f.write(text + "tls_cert = %s\ntls_key = %s\n" % (self.pki.cert, self.pki.key))
+        a = sender(self.pki, b.port, "\n[outbound]\nmax_connections_per_domain = 2\n")
+        self.addCleanup(a.stop)
+        n = 12
+        for i in range(n):  # the MX is down: every message is deferred for an hour
+            r = swaks(a.port, "bob@b.lab", subject="limit %d" % i)
+            self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        self.assertTrue(smxtest.poll(
+            lambda: a.log_text().count("result=deferred") >= n, 30), a.log_text()[-2000:])
+        b.start()
+        self.addCleanup(b.stop)
+        probe_connects = b.log_text().count("event=connect ")
+        r = subprocess.run([smxtest.STRICTMX, "-c", a.conf, "queue", "flush"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(smxtest.poll(lambda: len(b.mail_files("b.lab", "bob")) >= n, 60),
+                        a.log_text()[-3000:])
+        # the most connections open at once at the MX, from its own log
+        open_now, most, seen = set(), 0, 0
+        for line in b.log_text().splitlines():
+            m = re.search(r"event=(connect|disconnect) sid=(\S+)", line)
+            if not m:
+                continue
+            if m.group(1) == "connect":
+                seen += 1
+                if seen <= probe_connects:
+                    continue
+                open_now.add(m.group(2))
+                most = max(most, len(open_now))
+            else:
+                open_now.discard(m.group(2))
+        self.assertGreater(seen, probe_connects)
+        self.assertLessEqual(most, 2, b.log_text()[-3000:])
+
     def test_name_mismatch_defers_and_sends_nothing(self):
         b = receiver(self.pki)
         self.addCleanup(b.stop)

@@ -3,12 +3,15 @@
 # (`make build`), builds a population of loopback test domains with known ground truth
 # (tests/integration/scanpop.py: NSD with 4 signed zones, 7 Postfix/strictmxd listeners on
 # 127.0.2.1-7, ~1,000 domains), scans it with build/strictmx, checks every domain's
-# classification, and prints domains/s for each run.
+# classification, and prints for each run domains/s and the CPU time per domain of the
+# scanner and of the population's servers (wall-clock rates on a shared machine vary with
+# what else runs; the CPU times much less).
 #
 # Settings (environment): BUILD (default build), SCAN_DOMAINS (1000), SCAN_RUNS (3),
-# SCAN_CONCURRENCY (200), SCAN_PER_IP (0: the scan default, 4), BENCH_NO_BUILD=1 (use the
-# binaries as they are). Needs root (private Postfix instances) and the test packages
-# (scripts/deps.sh test). Loopback only; every step bounded; ~1 min with the defaults.
+# SCAN_CONCURRENCY (200), SCAN_PER_IP (0: the scan default, 4), SCAN_JOBS (0: the scan
+# default, one worker process per core), BENCH_NO_BUILD=1 (use the binaries as they are).
+# Needs root (private Postfix instances) and the test packages (scripts/deps.sh test).
+# Loopback only; every step bounded; ~1 min with the defaults.
 # Exit status: non-zero when a run misclassified a domain or the scan failed.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,4 +39,5 @@ echo "scan-bench: $(nproc) cores; binaries from $BUILD/ ($(grep -m1 CMAKE_BUILD_
 exec timeout 900 python3 "$ROOT/tests/integration/scanpop.py" \
 	--domains "${SCAN_DOMAINS:-1000}" --runs "${SCAN_RUNS:-3}" \
 	--concurrency "${SCAN_CONCURRENCY:-200}" --per-ip "${SCAN_PER_IP:-0}" \
+	--jobs "${SCAN_JOBS:-0}" \
 	--strictmx "$ROOT/$BUILD/strictmx" --strictmxd "$ROOT/$BUILD/strictmxd"

@@ -5,6 +5,20 @@
  * the plan demands, a PKIX-verified second handshake for DANE MXs (for
  * information), and the plaintext enforcement probe. Probes of one address
  * wait for a free slot (opts.per_ip), so a scan does not hammer one host.
+ *
+ * Results shared between domains (docs/checker.md, "Shared results"): a
+ * probe's outcome is a function of what the probe sends and checks, so a
+ * probe with exactly the same inputs is run once and its result copied:
+ *  - the enforcement probe sends the same bytes to an address whatever the
+ *    domain (no SNI, no name: EHLO with our name, MAIL FROM:<>): keyed by
+ *    address and port;
+ *  - a TLS probe depends on the address, the SNI, the reference names, the
+ *    TLSA records and whether verification is required: keyed by all of them.
+ * Only answers that are the server's, not the moment's, are shared (a
+ * completed session, no STARTTLS, a certificate that fails verification; a
+ * 530 or 2xx to MAIL FROM): a connect failure, a timeout, a refusal or a
+ * closed connection is tried again by the next domain. Entries live
+ * SHARE_TTL seconds; at most SHARE_MAX finished entries are kept (LRU).
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -22,11 +36,17 @@
 #include "policy/mtasts.h"
 #include "tls/client.h"
 
-#define IP_BUCKETS 1024
+#define IP_BUCKETS         1024
+#define SHARE_BUCKETS      4096
+#define SHARE_MAX          4096 /* finished entries kept */
+#define SHARE_TTL          300  /* seconds a finished entry is used */
+#define CHECK_DNS_CACHE_MB 64
 
 enum step { STEP_TLS, STEP_PKIX, STEP_ENFORCE, STEP_DONE };
 
 struct dom;
+
+struct share;
 
 struct job {
 	struct dom *dom;
@@ -34,9 +54,39 @@ struct job {
 	enum step step;
 	struct check_probe *probe;
 	struct ipslot *slot;
-	struct job *wait_next;
+	struct job *wait_next; /* in the slot's queue */
 	bool waiting, running;
 	struct tls_tlsa *tlsa;
+	struct share *owner;      /* the entry this job's probe fills */
+	struct share *share_wait; /* the entry whose probe this job waits for */
+	struct job *share_next;   /* in that entry's waiters */
+	struct job *ready_next;   /* in the engine's ready list */
+	bool ready;
+};
+
+enum share_state {
+	SHARE_RUNNING,  /* a probe is under way; others wait for it */
+	SHARE_DONE,     /* the result, copied to whoever asks */
+	SHARE_UNSHARED, /* the last probe got no answer: each job probes itself */
+};
+
+struct shared_enforce {
+	enum check_enforce enforce;
+	char reply[420];
+	char error[300];
+};
+
+struct share {
+	struct share *hnext;         /* hash chain */
+	struct share *lprev, *lnext; /* LRU: entries neither RUNNING nor owned */
+	char *key;
+	unsigned h;
+	enum share_state state;
+	unsigned owners; /* jobs whose probe will fill this entry */
+	time_t done_at;
+	struct job *waiters;
+	struct check_tls *tls;      /* TLS probes */
+	struct shared_enforce *enf; /* enforcement probes */
 };
 
 struct ipslot {
@@ -69,6 +119,13 @@ struct check_engine {
 	SSL_CTX *tls;
 	struct ipslot *ips[IP_BUCKETS];
 	struct dom *all;
+	struct share *shares[SHARE_BUCKETS];
+	struct share *lru_head, *lru_tail; /* oldest first */
+	size_t n_lru;
+	struct job *ready_head, *ready_tail; /* steps answered from shared results */
+	struct event *ready_ev;
+	bool closing;
+	struct check_stats stats;
 };
 
 /* ---- results ---- */
@@ -108,14 +165,14 @@ static unsigned hash(const char *s)
 	unsigned h = 5381;
 	for (; *s; s++)
 		h = h * 33 + (unsigned char)*s;
-	return h % IP_BUCKETS;
+	return h;
 }
 
 static struct ipslot *slot_get(struct check_engine *e, const char *ip, uint16_t port)
 {
 	char key[64];
 	snprintf(key, sizeof(key), "%s:%u", ip, (unsigned)port);
-	unsigned h = hash(key);
+	unsigned h = hash(key) % IP_BUCKETS;
 	for (struct ipslot *s = e->ips[h]; s; s = s->next)
 		if (!strcmp(s->key, key))
 			return s;
@@ -127,8 +184,10 @@ static struct ipslot *slot_get(struct check_engine *e, const char *ip, uint16_t 
 }
 
 static void job_run(struct job *j);
+static void job_step(struct job *j);
 static void job_next(struct job *j);
 
+/* slot_release - the probe of j is over: its slot goes to the next waiting job */
 static void slot_release(struct check_engine *e, struct job *j)
 {
 	struct ipslot *s = j->slot;
@@ -138,7 +197,7 @@ static void slot_release(struct check_engine *e, struct job *j)
 	j->slot = NULL;
 	if (s->active > 0)
 		s->active--;
-	while (s->head != NULL && s->active < e->o.per_ip) {
+	while (!e->closing && s->head != NULL && s->active < e->o.per_ip) {
 		struct job *w = s->head;
 		s->head = w->wait_next;
 		if (s->head == NULL)
@@ -148,6 +207,38 @@ static void slot_release(struct check_engine *e, struct job *j)
 		w->slot = s;
 		s->active++;
 		job_run(w);
+	}
+}
+
+/*
+ * slot_take - run the probe of j now if its address has a free slot, else
+ * queue it; first: ahead of the queue (a later step of an address already
+ * started, so that a started domain finishes before new ones begin)
+ */
+static void slot_take(struct job *j, bool first)
+{
+	struct check_engine *e = j->dom->e;
+	struct check_addr *a = &j->dom->r->mx[j->mx_i].addrs[j->addr_i];
+	struct ipslot *s = slot_get(e, a->ip, a->port);
+
+	j->slot = s;
+	if (s->active < e->o.per_ip) {
+		s->active++;
+		job_run(j);
+		return;
+	}
+	j->waiting = true;
+	if (first) {
+		j->wait_next = s->head;
+		s->head = j;
+		if (s->tail == NULL)
+			s->tail = j;
+	} else {
+		if (s->tail)
+			s->tail->wait_next = j;
+		else
+			s->head = j;
+		s->tail = j;
 	}
 }
 
@@ -170,7 +261,327 @@ static void slot_unwait(struct job *j)
 	j->slot = NULL;
 }
 
-/* ---- domains ---- */
+/* ---- shared results ---- */
+
+struct keybuf {
+	char *p;
+	size_t len, cap;
+};
+
+static void key_add(struct keybuf *k, const char *s, size_t n)
+{
+	if (k->len + n + 2 > k->cap) {
+		k->cap = (k->len + n + 2) * 2;
+		k->p = xrealloc(k->p, k->cap);
+	}
+	memcpy(k->p + k->len, s, n);
+	k->len += n;
+	k->p[k->len++] = '|'; /* '|' occurs in no host name, address or hex */
+	k->p[k->len] = '\0';
+}
+
+static void key_str(struct keybuf *k, const char *s)
+{
+	key_add(k, s, strlen(s));
+}
+
+static void key_num(struct keybuf *k, unsigned long v)
+{
+	char b[32];
+	key_add(k, b, (size_t)snprintf(b, sizeof(b), "%lu", v));
+}
+
+static time_t now_sec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/*
+ * step_key - everything the probe of this step depends on, as text: what it
+ * sends (address, port, SNI) and what it checks (method, reference names,
+ * TLSA records). The HELO name and the timeout are the engine's, the same
+ * for every probe.
+ */
+static char *step_key(const struct job *j)
+{
+	const struct dom *d = j->dom;
+	const struct check_mx *m = &d->r->mx[j->mx_i];
+	const struct check_addr *a = &m->addrs[j->addr_i];
+	struct keybuf k = {0};
+	bool dane = j->step == STEP_TLS && m->method == POLICY_DANE && m->n_tlsa > 0;
+
+	key_str(&k, j->step == STEP_ENFORCE ? "enforce" : dane ? "dane" : "pkix");
+	key_str(&k, a->ip);
+	key_num(&k, a->port);
+	if (j->step == STEP_ENFORCE)
+		return k.p;
+	key_str(&k, m->host);
+	key_num(&k, m->method != POLICY_ENCRYPT_ONLY);
+	if (dane) {
+		key_str(&k, m->tlsa_base);
+		for (size_t t = 0; t < m->n_tlsa; t++)
+			key_str(&k, m->tlsa[t]);
+	}
+	if (d->cfgdom)
+		for (size_t i = 0; i < d->cfgdom->match.n; i++)
+			key_str(&k, d->cfgdom->match.v[i]);
+	return k.p;
+}
+
+static void lru_unlink(struct check_engine *e, struct share *s)
+{
+	if (s->lprev)
+		s->lprev->lnext = s->lnext;
+	else if (e->lru_head == s)
+		e->lru_head = s->lnext;
+	else
+		return; /* not in the list */
+	if (s->lnext)
+		s->lnext->lprev = s->lprev;
+	else
+		e->lru_tail = s->lprev;
+	s->lprev = s->lnext = NULL;
+	e->n_lru--;
+}
+
+static void lru_push(struct check_engine *e, struct share *s)
+{
+	s->lnext = NULL;
+	s->lprev = e->lru_tail;
+	if (e->lru_tail)
+		e->lru_tail->lnext = s;
+	else
+		e->lru_head = s;
+	e->lru_tail = s;
+	e->n_lru++;
+}
+
+static void share_free(struct share *s)
+{
+	free(s->key);
+	free(s->tls);
+	free(s->enf);
+	free(s);
+}
+
+/* share_drop - remove a finished entry (no waiters) */
+static void share_drop(struct check_engine *e, struct share *s)
+{
+	struct share **pp;
+
+	for (pp = &e->shares[s->h % SHARE_BUCKETS]; *pp; pp = &(*pp)->hnext)
+		if (*pp == s) {
+			*pp = s->hnext;
+			break;
+		}
+	lru_unlink(e, s);
+	share_free(s);
+}
+
+static struct share *share_find(struct check_engine *e, const char *key, unsigned h)
+{
+	for (struct share *s = e->shares[h % SHARE_BUCKETS]; s; s = s->hnext) {
+		if (s->h != h || strcmp(s->key, key) != 0)
+			continue;
+		if (s->state != SHARE_RUNNING && now_sec() - s->done_at > SHARE_TTL) {
+			if (s->owners == 0) {
+				share_drop(e, s);
+				return NULL;
+			}
+			s->state = SHARE_UNSHARED; /* too old: probe again */
+		}
+		return s;
+	}
+	return NULL;
+}
+
+/* share_copy - the step of j answered by s (DONE) */
+static void share_copy(struct job *j, const struct share *s)
+{
+	struct check_addr *a = &j->dom->r->mx[j->mx_i].addrs[j->addr_i];
+
+	if (j->step == STEP_ENFORCE) {
+		a->enforce = s->enf->enforce;
+		snprintf(a->enforce_reply, sizeof(a->enforce_reply), "%s", s->enf->reply);
+		snprintf(a->enforce_error, sizeof(a->enforce_error), "%s", s->enf->error);
+		j->dom->e->stats.enforce_shared++;
+	} else {
+		*(j->step == STEP_PKIX ? &a->pkix : &a->tls) = *s->tls;
+		j->dom->e->stats.tls_shared++;
+	}
+}
+
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct check_engine *e = arg;
+
+	(void)fd;
+	(void)what;
+	while (e->ready_head != NULL) {
+		struct job *j = e->ready_head;
+		e->ready_head = j->ready_next;
+		if (e->ready_head == NULL)
+			e->ready_tail = NULL;
+		j->ready_next = NULL;
+		j->ready = false;
+		job_next(j); /* may finish the domain and free j */
+	}
+}
+
+/* ready_push - the step of j is answered; go on from the loop, never from here */
+static void ready_push(struct job *j)
+{
+	struct check_engine *e = j->dom->e;
+
+	j->ready = true;
+	j->ready_next = NULL;
+	if (e->ready_tail)
+		e->ready_tail->ready_next = j;
+	else
+		e->ready_head = j;
+	e->ready_tail = j;
+	event_active(e->ready_ev, EV_TIMEOUT, 0);
+}
+
+static void ready_unlink(struct check_engine *e, struct job *j)
+{
+	struct job **pp;
+
+	if (!j->ready)
+		return;
+	for (pp = &e->ready_head; *pp; pp = &(*pp)->ready_next)
+		if (*pp == j) {
+			*pp = j->ready_next;
+			break;
+		}
+	e->ready_tail = NULL;
+	for (struct job *w = e->ready_head; w; w = w->ready_next)
+		e->ready_tail = w;
+	j->ready = false;
+}
+
+/* share_unwait - j no longer waits for s */
+static void share_unwait(struct job *j)
+{
+	struct share *s = j->share_wait;
+
+	if (s == NULL)
+		return;
+	for (struct job **pp = &s->waiters; *pp; pp = &(*pp)->share_next)
+		if (*pp == j) {
+			*pp = j->share_next;
+			break;
+		}
+	j->share_wait = NULL;
+	j->share_next = NULL;
+}
+
+/*
+ * share_finish - the probe of j (the owner of s) is over: keep an answer for
+ * the waiters and later jobs, or let each of them probe for itself
+ */
+static void share_finish(struct check_engine *e, struct job *j)
+{
+	struct share *s = j->owner;
+	struct check_addr *a = &j->dom->r->mx[j->mx_i].addrs[j->addr_i];
+	bool answer;
+
+	j->owner = NULL;
+	if (s == NULL)
+		return;
+	s->owners--;
+	if (s->state == SHARE_DONE) {
+		/* an UNSHARED entry answered meanwhile by another job */
+		if (s->owners == 0)
+			lru_push(e, s);
+		return;
+	}
+	if (j->step == STEP_ENFORCE) {
+		/* not UNCLEAR: a 4xx to MAIL FROM may be the load of the moment */
+		answer = a->enforce == CHECK_ENFORCE_YES || a->enforce == CHECK_ENFORCE_NO;
+		if (answer) {
+			if (s->enf == NULL)
+				s->enf = xcalloc(1, sizeof(*s->enf));
+			s->enf->enforce = a->enforce;
+			snprintf(s->enf->reply, sizeof(s->enf->reply), "%s", a->enforce_reply);
+			snprintf(s->enf->error, sizeof(s->enf->error), "%s", a->enforce_error);
+		}
+	} else {
+		const struct check_tls *t = j->step == STEP_PKIX ? &a->pkix : &a->tls;
+		answer = t->definite;
+		if (answer) {
+			if (s->tls == NULL)
+				s->tls = xmalloc(sizeof(*s->tls));
+			*s->tls = *t;
+		}
+	}
+	s->state = answer ? SHARE_DONE : SHARE_UNSHARED;
+	s->done_at = now_sec();
+	if (s->owners == 0) {
+		lru_push(e, s);
+		while (e->n_lru > SHARE_MAX && e->lru_head != s)
+			share_drop(e, e->lru_head);
+	}
+	while (s->waiters != NULL) {
+		struct job *w = s->waiters;
+		s->waiters = w->share_next;
+		w->share_next = NULL;
+		w->share_wait = NULL;
+		if (answer) {
+			share_copy(w, s);
+			ready_push(w);
+		} else {
+			job_step(w); /* probes by itself; never finishes from here */
+		}
+	}
+}
+
+/*
+ * job_step - do the current step of j: copy a shared result, wait for the
+ * probe another domain runs with the same inputs, or probe (in a slot)
+ */
+static void job_step(struct job *j)
+{
+	struct check_engine *e = j->dom->e;
+	char *key = step_key(j);
+	unsigned h = hash(key);
+	struct share *s = share_find(e, key, h);
+	bool later_step = j->step != STEP_TLS;
+
+	if (s != NULL && s->state == SHARE_DONE) {
+		free(key);
+		if (s->owners == 0) { /* most recently used */
+			lru_unlink(e, s);
+			lru_push(e, s);
+		}
+		share_copy(j, s);
+		ready_push(j);
+		return;
+	}
+	if (s != NULL && s->state == SHARE_RUNNING) {
+		free(key);
+		j->share_wait = s;
+		j->share_next = s->waiters;
+		s->waiters = j;
+		return;
+	}
+	if (s == NULL) {
+		s = xcalloc(1, sizeof(*s));
+		s->key = key;
+		s->h = h;
+		s->state = SHARE_RUNNING;
+		s->hnext = e->shares[h % SHARE_BUCKETS];
+		e->shares[h % SHARE_BUCKETS] = s;
+	} else {
+		free(key); /* UNSHARED: this job probes and may answer for the next ones */
+		lru_unlink(e, s);
+	}
+	s->owners++;
+	j->owner = s;
+	slot_take(j, later_step);
+}
 
 static void dom_free(struct dom *d)
 {
@@ -183,6 +594,13 @@ static void dom_free(struct dom *d)
 			slot_unwait(j);
 		else if (j->slot && j->running)
 			slot_release(e, j);
+		share_unwait(j);
+		ready_unlink(e, j);
+		if (j->owner != NULL) {
+			/* only when the engine is freed: the entries go with it */
+			j->owner->owners--;
+			j->owner = NULL;
+		}
 		free(j->tlsa);
 	}
 	free(d->jobs);
@@ -221,8 +639,12 @@ static void dom_maybe_done(struct dom *d)
 static void probe_done(void *arg)
 {
 	struct job *j = arg;
+	struct check_engine *e = j->dom->e;
 
 	check_probe_free(&j->probe);
+	j->running = false;
+	slot_release(e, j);
+	share_finish(e, j);
 	job_next(j);
 }
 
@@ -254,15 +676,14 @@ static void job_next(struct job *j)
 		break;
 	}
 	if (j->step != STEP_DONE) {
-		job_run(j);
+		job_step(j);
 		return;
 	}
-	j->running = false;
-	slot_release(d->e, j);
 	d->jobs_left--;
 	dom_maybe_done(d);
 }
 
+/* job_run - start the probe of the current step (j holds a slot) */
 static void job_run(struct job *j)
 {
 	struct dom *d = j->dom;
@@ -300,37 +721,20 @@ static void job_run(struct job *j)
 		pp.dane = m->method == POLICY_DANE && m->n_tlsa > 0;
 		pp.tlsa = j->tlsa;
 		pp.n_tlsa = m->n_tlsa;
+		e->stats.tls_run++;
 		j->probe = check_probe_tls(&pp, &a->tls, probe_done, j);
 		break;
 	case STEP_PKIX:
+		e->stats.tls_run++;
 		j->probe = check_probe_tls(&pp, &a->pkix, probe_done, j);
 		break;
 	case STEP_ENFORCE:
+		e->stats.enforce_run++;
 		j->probe = check_probe_enforce(&pp, a, probe_done, j);
 		break;
 	case STEP_DONE:
 		break;
 	}
-}
-
-static void job_start(struct job *j)
-{
-	struct check_engine *e = j->dom->e;
-	struct check_addr *a = &j->dom->r->mx[j->mx_i].addrs[j->addr_i];
-	struct ipslot *s = slot_get(e, a->ip, a->port);
-
-	j->slot = s;
-	if (s->active < e->o.per_ip) {
-		s->active++;
-		job_run(j);
-		return;
-	}
-	j->waiting = true;
-	if (s->tail)
-		s->tail->wait_next = j;
-	else
-		s->head = j;
-	s->tail = j;
 }
 
 static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t len, uint16_t *port)
@@ -441,7 +845,7 @@ static void plan_cb(void *arg, const struct policy_plan *plan)
 		}
 	}
 	for (size_t i = 0; i < n_jobs; i++)
-		job_start(&d->jobs[i]);
+		job_step(&d->jobs[i]);
 	dom_maybe_done(d);
 }
 
@@ -535,10 +939,16 @@ struct check_engine *check_engine_new(struct event_base *base, const struct conf
 		e->o.timeout = 10;
 	if (e->o.per_ip == 0)
 		e->o.per_ip = 1;
+	e->ready_ev = event_new(base, -1, 0, ready_cb, e);
+	if (e->ready_ev == NULL) {
+		snprintf(err, errlen, "cannot create an event");
+		goto fail;
+	}
 	e->tls = tls_client_ctx_new(c, err, errlen);
 	if (e->tls == NULL)
 		goto fail;
-	e->dns = dns_new(base, c, err, errlen);
+	/* every name of a scan is new: room for all the validated RRsets (docs/checker.md) */
+	e->dns = dns_new_cache(base, c, CHECK_DNS_CACHE_MB, err, errlen);
 	if (e->dns == NULL)
 		goto fail;
 	dns_set_timeout(e->dns, e->o.timeout * 1000);
@@ -557,6 +967,7 @@ void check_engine_free(struct check_engine **ep)
 
 	if (e == NULL)
 		return;
+	e->closing = true;
 	while (e->all)
 		/* the callee unlinks the head: no use after free */
 		dom_free(e->all); // NOLINT(clang-analyzer-unix.Malloc)
@@ -570,6 +981,19 @@ void check_engine_free(struct check_engine **ep)
 			e->ips[i] = s->next;
 			free(s);
 		}
+	for (size_t i = 0; i < SHARE_BUCKETS; i++)
+		while (e->shares[i]) {
+			struct share *s = e->shares[i];
+			e->shares[i] = s->hnext;
+			share_free(s);
+		}
+	if (e->ready_ev)
+		event_free(e->ready_ev);
 	free(e);
 	*ep = NULL;
+}
+
+void check_engine_stats(const struct check_engine *e, struct check_stats *out)
+{
+	*out = e->stats;
 }

@@ -47,6 +47,7 @@ struct check_tls {
 	char verify_error[400];
 	char dane_match[128]; /* "3 1 1 matched the server certificate" */
 	char error[600];      /* why the session failed ("" = it completed) */
+	bool definite;        /* the outcome is the server's, not the moment's: may be shared */
 };
 
 enum check_enforce {
@@ -134,12 +135,19 @@ struct check_opts {
 	unsigned per_ip;  /* connections at once to one address */
 };
 
+/* what the engine did: probes run, and probes answered by another domain's result */
+struct check_stats {
+	unsigned long tls_run, tls_shared;
+	unsigned long enforce_run, enforce_shared;
+};
+
 struct check_engine;
 typedef void (*check_cb)(void *arg, struct check_result *r); /* r: the callee's to free */
 
 struct check_engine *check_engine_new(struct event_base *base, const struct config *c,
                                       const struct check_opts *o, char *err, size_t errlen);
 void check_engine_free(struct check_engine **e);
+void check_engine_stats(const struct check_engine *e, struct check_stats *out);
 /* check_start - 0 when started (cb runs on the loop later), -1 for an invalid name */
 int check_start(struct check_engine *e, const char *domain, check_cb cb, void *arg);
 

@@ -5,13 +5,18 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "check/check.h"
@@ -24,9 +29,11 @@
 	"usage: strictmx [-c FILE] check DOMAIN... [--json] [--no-color] [--port N] "              \
 	"[--timeout S]\n"
 #define SCAN_USAGE                                                                                 \
-	"usage: strictmx [-c FILE] scan [FILE|-] [--concurrency N] [--per-ip N] "                  \
+	"usage: strictmx [-c FILE] scan [FILE|-] [--concurrency N] [--per-ip N] [--jobs N] "       \
 	"[--output FILE] [--resume] [--html FILE] [--postfix-policy FILE] [--port N] "             \
 	"[--timeout S]\n"
+
+#define MAX_JOBS 64
 
 static int num_arg(const char *cmd, const char *opt, const char *v, long min, long max, long *out)
 {
@@ -118,6 +125,7 @@ int check_cli(const struct config *c, int argc, char **argv)
 	if (json)
 		color = false;
 	log_set_level(LOG_LVL_ERR);
+	signal(SIGPIPE, SIG_IGN); /* a peer that closes early is reported, not fatal */
 
 	struct event_base *base = event_base_new();
 	if (base == NULL) {
@@ -205,6 +213,11 @@ struct scan {
 	bool progress;
 	struct timespec t0;
 	bool io_error;
+	struct check_stats stats;
+	/* --jobs: worker processes */
+	struct scan_worker *workers;
+	unsigned workers_open;
+	size_t per_worker; /* domains in progress in one worker */
 };
 
 static void keep(struct scan *s, json_t *o)
@@ -236,21 +249,40 @@ static void show_progress(struct scan *s, bool last)
 	fflush(stderr);
 }
 
-static void scan_done(void *arg, struct check_result *r)
+/* invalid_line - the line for an input that is not a domain name (caller frees) */
+static char *invalid_line(const char *d)
 {
-	struct scan *s = arg;
-	char *line = check_result_json(r);
+	json_t *o = json_pack("{s:s,s:s,s:s,s:[],s:{s:b,s:s,s:b,s:[s]},s:i}", "domain", d, "status",
+	                      "invalid", "reason", "not a valid domain name", "mx", "verdict",
+	                      "would_deliver", 0, "text", "not a valid domain name", "has_mx", 0,
+	                      "reasons", "invalid domain name", "exit", 2);
+	char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 
+	json_decref(o);
+	return line;
+}
+
+/* emit - one finished domain: its line to the output, its object kept for the summary */
+static void emit(struct scan *s, const char *line)
+{
 	if (fprintf(s->out, "%s\n", line) < 0 || fflush(s->out) != 0)
 		s->io_error = true;
 	json_t *o = json_loads(line, 0, NULL);
 	if (o)
 		keep(s, o);
-	free(line);
-	check_result_free(&r);
-	s->running--;
 	s->done++;
 	show_progress(s, false);
+}
+
+static void scan_done(void *arg, struct check_result *r)
+{
+	struct scan *s = arg;
+	char *line = check_result_json(r);
+
+	check_result_free(&r);
+	emit(s, line);
+	free(line);
+	s->running--;
 	scan_fill(s);
 }
 
@@ -260,24 +292,287 @@ static void scan_fill(struct scan *s)
 		const char *d = s->todo[s->next++];
 		if (check_start(s->e, d, scan_done, s) < 0) {
 			/* not a domain name: a line that says so, like any other result */
-			json_t *o = json_pack(
-			    "{s:s,s:s,s:s,s:[],s:{s:b,s:s,s:b,s:[s]},s:i}", "domain", d, "status",
-			    "invalid", "reason", "not a valid domain name", "mx", "verdict",
-			    "would_deliver", 0, "text", "not a valid domain name", "has_mx", 0,
-			    "reasons", "invalid domain name", "exit", 2);
-			char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-			if (line && (fprintf(s->out, "%s\n", line) < 0 || fflush(s->out) != 0))
-				s->io_error = true;
+			char *line = invalid_line(d);
+			if (line != NULL)
+				emit(s, line);
+			else
+				s->done++;
 			free(line);
-			if (o)
-				keep(s, o);
-			s->done++;
 			continue;
 		}
 		s->running++;
 	}
 	if (s->running == 0 && s->next >= s->n_todo)
 		event_base_loopexit(s->base, NULL);
+}
+
+/*
+ * ---- --jobs: the domains spread over worker processes ----
+ *
+ * Each worker is a fork with its own event loop, resolver and check engine;
+ * the parent hands out domain names one line at a time over a socketpair
+ * (at most per_worker in progress in each worker, so a slow worker gets
+ * fewer), and gets back one JSON line per domain. Only the parent writes the
+ * output, so it stays one file with one line per domain (in the order the
+ * domains finish, as with one loop), and --resume, the summary, --html and
+ * --postfix-policy work as before. An empty line from the parent means "no
+ * more"; a worker's last line is "#stats ..." (its probe counters).
+ */
+
+struct scan_worker {
+	struct scan *s;
+	pid_t pid;
+	struct bufferevent *bev;
+	size_t inflight;
+	bool end_sent, closed;
+};
+
+struct worker_run {
+	struct event_base *base;
+	struct check_engine *e;
+	struct bufferevent *bev;
+	size_t running;
+	bool ended, closing;
+};
+
+static void wk_maybe_end(struct worker_run *w)
+{
+	struct check_stats st;
+	char buf[160];
+
+	if (!w->ended || w->running > 0 || w->closing)
+		return;
+	w->closing = true;
+	check_engine_stats(w->e, &st);
+	snprintf(buf, sizeof(buf), "#stats %lu %lu %lu %lu\n", st.tls_run, st.tls_shared,
+	         st.enforce_run, st.enforce_shared);
+	bufferevent_write(w->bev, buf, strlen(buf));
+	/* wk_write ends the loop once the output has left */
+}
+
+static void wk_result(void *arg, struct check_result *r)
+{
+	struct worker_run *w = arg;
+	char *line = check_result_json(r);
+
+	check_result_free(&r);
+	bufferevent_write(w->bev, line, strlen(line));
+	bufferevent_write(w->bev, "\n", 1);
+	free(line);
+	w->running--;
+	wk_maybe_end(w);
+}
+
+static void wk_read(struct bufferevent *bev, void *arg)
+{
+	struct worker_run *w = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t n;
+	char *d;
+
+	while (!w->ended && (d = evbuffer_readln(in, &n, EVBUFFER_EOL_LF)) != NULL) {
+		if (n == 0) {
+			w->ended = true;
+		} else if (check_start(w->e, d, wk_result, w) < 0) {
+			char *line = invalid_line(d);
+			if (line != NULL) {
+				bufferevent_write(w->bev, line, strlen(line));
+				bufferevent_write(w->bev, "\n", 1);
+			}
+			free(line);
+		} else {
+			w->running++;
+		}
+		free(d);
+	}
+	wk_maybe_end(w);
+}
+
+static void wk_write(struct bufferevent *bev, void *arg)
+{
+	struct worker_run *w = arg;
+
+	if (w->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		event_base_loopexit(w->base, NULL);
+}
+
+static void wk_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct worker_run *w = arg;
+
+	(void)bev;
+	(void)what;
+	event_base_loopexit(w->base, NULL); /* the parent is gone */
+}
+
+/* worker_main - the child's scan: domains from fd, results to fd; the exit status */
+static int worker_main(int fd, const struct config *c, const struct check_opts *o)
+{
+	struct worker_run w = {0};
+	char err[512];
+	int rc = 0;
+
+	w.base = event_base_new();
+	if (w.base == NULL)
+		return 2;
+	w.e = check_engine_new(w.base, c, o, err, sizeof(err));
+	if (w.e == NULL) {
+		fprintf(stderr, "strictmx: scan: worker: %s\n", err);
+		event_base_free(w.base);
+		return 2;
+	}
+	w.bev = bufferevent_socket_new(w.base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (w.bev == NULL) {
+		rc = 2;
+		goto out;
+	}
+	bufferevent_setcb(w.bev, wk_read, wk_write, wk_event, &w);
+	bufferevent_enable(w.bev, EV_READ | EV_WRITE);
+	event_base_dispatch(w.base);
+	if (!w.closing)
+		rc = 2;
+	bufferevent_free(w.bev);
+out:
+	check_engine_free(&w.e);
+	event_base_free(w.base);
+	return rc;
+}
+
+static void par_feed(struct scan_worker *w)
+{
+	struct scan *s = w->s;
+
+	while (w->inflight < s->per_worker && s->next < s->n_todo) {
+		const char *d = s->todo[s->next++];
+		bufferevent_write(w->bev, d, strlen(d));
+		bufferevent_write(w->bev, "\n", 1);
+		w->inflight++;
+	}
+	if (s->next >= s->n_todo && !w->end_sent) {
+		bufferevent_write(w->bev, "\n", 1);
+		w->end_sent = true;
+	}
+}
+
+static void par_close(struct scan_worker *w)
+{
+	struct scan *s = w->s;
+
+	if (w->closed)
+		return;
+	w->closed = true;
+	bufferevent_free(w->bev);
+	w->bev = NULL;
+	if (--s->workers_open == 0)
+		event_base_loopexit(s->base, NULL);
+}
+
+static void par_read(struct bufferevent *bev, void *arg)
+{
+	struct scan_worker *w = arg;
+	struct scan *s = w->s;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t n;
+	char *line;
+
+	while ((line = evbuffer_readln(in, &n, EVBUFFER_EOL_LF)) != NULL) {
+		struct check_stats st = {0};
+		if (sscanf(line, "#stats %lu %lu %lu %lu", &st.tls_run, &st.tls_shared,
+		           &st.enforce_run, &st.enforce_shared) == 4) {
+			s->stats.tls_run += st.tls_run;
+			s->stats.tls_shared += st.tls_shared;
+			s->stats.enforce_run += st.enforce_run;
+			s->stats.enforce_shared += st.enforce_shared;
+		} else if (n > 0) {
+			emit(s, line);
+			if (w->inflight > 0)
+				w->inflight--;
+		}
+		free(line);
+	}
+	par_feed(w);
+}
+
+static void par_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		par_close(arg);
+}
+
+/*
+ * scan_parallel - run the scan in n worker processes; false when they could
+ * not be started (the caller says why and scans on its own loop)
+ */
+static bool scan_parallel(struct scan *s, const struct config *c, const struct check_opts *o,
+                          unsigned n, struct timeval deadline)
+{
+	int fds[MAX_JOBS][2];
+	unsigned started = 0;
+
+	fflush(NULL); /* the children must not write what the parent buffered */
+	s->workers = xcalloc(n, sizeof(*s->workers));
+	for (unsigned i = 0; i < n; i++) {
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds[i]) < 0)
+			break;
+		pid_t pid = fork();
+		if (pid < 0) {
+			close(fds[i][0]);
+			close(fds[i][1]);
+			break;
+		}
+		if (pid == 0) {
+			for (unsigned k = 0; k < i; k++)
+				close(fds[k][0]);
+			close(fds[i][0]);
+			/* exit, not _exit: the sanitizer builds check the worker for leaks too */
+			exit(worker_main(fds[i][1], c, o));
+		}
+		close(fds[i][1]);
+		s->workers[i].pid = pid;
+		s->workers[i].s = s;
+		started++;
+	}
+	if (started == 0) {
+		free(s->workers);
+		s->workers = NULL;
+		return false;
+	}
+	s->per_worker = (s->concurrency + started - 1) / started;
+	s->base = event_base_new();
+	for (unsigned i = 0; i < started; i++) {
+		struct scan_worker *w = &s->workers[i];
+		w->bev = s->base ? bufferevent_socket_new(s->base, fds[i][0], BEV_OPT_CLOSE_ON_FREE)
+		                 : NULL;
+		if (w->bev == NULL) {
+			close(fds[i][0]);
+			w->closed = true;
+			continue;
+		}
+		s->workers_open++;
+		bufferevent_setcb(w->bev, par_read, NULL, par_event, w);
+		bufferevent_enable(w->bev, EV_READ | EV_WRITE);
+		par_feed(w);
+	}
+	if (s->workers_open > 0) {
+		event_base_loopexit(s->base, &deadline);
+		event_base_dispatch(s->base);
+	}
+	for (unsigned i = 0; i < started; i++) {
+		struct scan_worker *w = &s->workers[i];
+		int st;
+		if (!w->closed) {
+			/* past the deadline: stop the workers this scan started */
+			kill(w->pid, SIGTERM);
+			par_close(w);
+		}
+		/* a worker that failed leaves domains unfinished: reported by the caller */
+		while (waitpid(w->pid, &st, 0) < 0 && errno == EINTR)
+			;
+	}
+	free(s->workers);
+	s->workers = NULL;
+	return true;
 }
 
 /* read_domains - one per line, '#' starts a comment, lowercase, no duplicates */
@@ -348,6 +643,8 @@ int scan_cli(const struct config *c, int argc, char **argv)
 {
 	struct check_opts o = {.timeout = 10, .per_ip = 4};
 	struct scan s = {.concurrency = 200};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned jobs = ncpu < 1 ? 1 : ncpu > MAX_JOBS ? MAX_JOBS : (unsigned)ncpu;
 	const char *input = NULL, *output = NULL, *html = NULL, *pf = NULL;
 	bool resume = false;
 	char err[512];
@@ -368,6 +665,11 @@ int scan_cli(const struct config *c, int argc, char **argv)
 			if (num_arg("scan", a, val, 1, 1000, &v) < 0)
 				goto bad;
 			o.per_ip = (unsigned)v;
+			i++;
+		} else if (!strcmp(a, "--jobs")) {
+			if (num_arg("scan", a, val, 1, MAX_JOBS, &v) < 0)
+				goto bad;
+			jobs = (unsigned)v;
 			i++;
 		} else if (!strcmp(a, "--port")) {
 			if (num_arg("scan", a, val, 1, 65535, &v) < 0)
@@ -471,6 +773,8 @@ int scan_cli(const struct config *c, int argc, char **argv)
 	}
 	s.progress = isatty(STDERR_FILENO);
 	log_set_level(LOG_LVL_ERR);
+	/* a peer (or a worker) that closes early is an error to report, not a reason to die */
+	signal(SIGPIPE, SIG_IGN);
 
 	/* many connections at once: allow as many descriptors as we may */
 	struct rlimit rl;
@@ -479,26 +783,63 @@ int scan_cli(const struct config *c, int argc, char **argv)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 
+	/*
+	 * --jobs: each worker gets its share of --concurrency and of --per-ip,
+	 * so that the scan as a whole keeps both limits (no more jobs than
+	 * --per-ip allows, nor than there are domains).
+	 */
+	if (jobs > o.per_ip)
+		jobs = o.per_ip;
+	if (jobs > s.n_todo)
+		jobs = s.n_todo > 0 ? (unsigned)s.n_todo : 1;
+	if (jobs > s.concurrency)
+		jobs = s.concurrency;
+	struct timeval deadline = run_deadline(o.timeout, s.n_todo, s.concurrency);
+	struct check_opts wo = o;
+	wo.per_ip = o.per_ip / jobs;
+
+	/* the engine is set up once here, so that a bad setting is reported once */
 	s.base = event_base_new();
 	if (s.base == NULL) {
 		fprintf(stderr, "strictmx: scan: event_base_new failed\n");
 		rc = 2;
 		goto out;
 	}
-	s.e = check_engine_new(s.base, c, &o, err, sizeof(err));
+	s.e = check_engine_new(s.base, c, jobs > 1 ? &wo : &o, err, sizeof(err));
 	if (s.e == NULL) {
 		fprintf(stderr, "strictmx: scan: %s\n", err);
 		rc = 2;
 		goto out;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &s.t0);
-	if (s.n_todo > 0) {
-		struct timeval deadline = run_deadline(o.timeout, s.n_todo, s.concurrency);
+	if (s.n_todo > 0 && jobs > 1) {
+		/* the workers build their own (after fork: nothing shared with the parent's) */
+		check_engine_free(&s.e);
+		event_base_free(s.base);
+		s.base = NULL;
+		if (!scan_parallel(&s, c, &wo, jobs, deadline)) {
+			fprintf(stderr, "strictmx: scan: cannot start %u jobs (%s); one loop\n",
+			        jobs, strerror(errno));
+			jobs = 1;
+			if (s.base == NULL)
+				s.base = event_base_new();
+			s.e = s.base ? check_engine_new(s.base, c, &o, err, sizeof(err)) : NULL;
+			if (s.e == NULL) {
+				fprintf(stderr, "strictmx: scan: %s\n", err);
+				rc = 2;
+				goto out;
+			}
+		}
+	}
+	if (s.n_todo > 0 && jobs <= 1) {
 		scan_fill(&s);
 		if (s.running > 0) {
 			event_base_loopexit(s.base, &deadline);
 			event_base_dispatch(s.base);
 		}
+		check_engine_stats(s.e, &s.stats);
+	}
+	if (s.n_todo > 0) {
 		show_progress(&s, true);
 		if (s.done < s.n_todo) {
 			fprintf(stderr, "strictmx: scan: %zu domains not finished within %ld s\n",
@@ -518,6 +859,12 @@ int scan_cli(const struct config *c, int argc, char **argv)
 	check_summary_sort(&sum);
 	/* the JSON lines own stdout unless they go to a file */
 	check_summary_print(&sum, output != NULL ? stdout : stderr);
+	if (s.n_todo > 0)
+		fprintf(output != NULL ? stdout : stderr,
+		        "  probes: %lu TLS (+%lu answered by a shared result), %lu enforcement "
+		        "(+%lu shared); %u job%s\n",
+		        s.stats.tls_run, s.stats.tls_shared, s.stats.enforce_run,
+		        s.stats.enforce_shared, jobs, jobs == 1 ? "" : "s");
 	if (html && write_file(html, "--html", &s, &sum) < 0)
 		rc = 2;
 	if (pf && write_file(pf, "--postfix-policy", &s, &sum) < 0)

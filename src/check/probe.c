@@ -49,7 +49,7 @@ struct check_probe {
 	struct bufferevent *bev;
 	evutil_socket_t fd;
 	bool fd_owned_by_bev;
-	bool connecting, tls_pending, handshaking, closing, finished;
+	bool connecting, tls_pending, handshaking, closing, finished, timed_out;
 	struct event *later; /* delivers an early failure from the loop */
 	check_probe_cb cb;
 	void *arg;
@@ -75,12 +75,31 @@ static void close_conn(struct check_probe *p)
 	p->fd_owned_by_bev = false;
 }
 
+/*
+ * definite - a TLS probe's outcome that other domains may share (check.c):
+ * it completed, or the server does not offer STARTTLS, or its certificate
+ * failed the verification we required. Not a timeout, a closed connection,
+ * a refusal (a 421 may be the load of the moment) or a failed handshake.
+ */
+static bool definite(const struct check_probe *p)
+{
+	const struct check_tls *o = p->out;
+
+	if (!o->connected || p->timed_out)
+		return false;
+	if (o->error[0] == '\0' || strcmp(o->error, NO_STARTTLS) == 0)
+		return true;
+	return o->handshake && o->verify == 0 && p->verify_required;
+}
+
 /* finish - the probe is over: close, then tell the owner (who may free p) */
 static void finish(struct check_probe *p)
 {
 	if (p->finished)
 		return;
 	p->finished = true;
+	if (!p->enforce)
+		p->out->definite = definite(p);
 	close_conn(p);
 	p->cb(p->arg);
 }
@@ -445,6 +464,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		finish(p);
 		return;
 	}
+	if (what & BEV_EVENT_TIMEOUT)
+		p->timed_out = true;
 	if (p->connecting) {
 		char why[200];
 		if (what & BEV_EVENT_TIMEOUT)

@@ -65,7 +65,7 @@ static void pool_start(void)
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		pthread_attr_setstacksize(&attr, 64 * 1024);
+		pthread_attr_setstacksize(&attr, (size_t)64 * 1024);
 		if (pthread_create(&th, &attr, pool_main, NULL) == 0)
 			pool_threads++;
 		pthread_attr_destroy(&attr);

@@ -323,7 +323,34 @@ static void noop_cb(void *mydata, int rcode, void *packet, int packet_len, int s
 {
 }
 
+/* set_cache - RRset cache of mb MB, message cache mb/2, key cache mb/8 (at least 4) */
+static int set_cache(struct ub_ctx *ub, unsigned mb, char *err, size_t errlen)
+{
+	const struct {
+		const char *opt;
+		unsigned mb;
+	} set[] = {
+	    {"rrset-cache-size:", mb}, {"msg-cache-size:", mb / 2}, {"key-cache-size:", mb / 8}};
+
+	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+		char v[32];
+		int rc;
+
+		snprintf(v, sizeof(v), "%um", set[i].mb < 4 ? 4 : set[i].mb);
+		rc = ub_ctx_set_option(ub, set[i].opt, v);
+		if (rc != 0)
+			return textf(err, errlen, "dns: %s %s: %s", set[i].opt, v, ub_strerror(rc));
+	}
+	return 0;
+}
+
 struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *err, size_t errlen)
+{
+	return dns_new_cache(base, c, 0, err, errlen);
+}
+
+struct dns_ctx *dns_new_cache(struct event_base *base, const struct config *c, unsigned cache_mb,
+                              char *err, size_t errlen)
 {
 	struct dns_ctx *ctx;
 	struct ub_ctx *ub;
@@ -372,6 +399,9 @@ struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *e
 			goto fail;
 		}
 	}
+
+	if (cache_mb > 0 && set_cache(ub, cache_mb, err, errlen) < 0)
+		goto fail;
 
 	/*
 	 * Settings are applied at the first resolve; a trust anchor file that

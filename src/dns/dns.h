@@ -61,6 +61,16 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
  * setting (a missing trust anchor file is named).
  */
 struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *err, size_t errlen);
+/*
+ * dns_new_cache - dns_new with libunbound's caches sized for many names at
+ * once (strictmx scan): cache_mb MB of RRsets, half as much for messages,
+ * an eighth for DNSSEC keys (at least 4 MB each). With libunbound's
+ * defaults (4 MB) a 1,000-domain scan evicts validated NSEC3 and RRsets
+ * that later answers carry again, and their signatures are checked again
+ * (docs/checker.md). 0: libunbound's defaults, as dns_new.
+ */
+struct dns_ctx *dns_new_cache(struct event_base *base, const struct config *c, unsigned cache_mb,
+                              char *err, size_t errlen);
 /* dns_free - cancel every outstanding query (no callbacks) and free; *ctx = NULL */
 void dns_free(struct dns_ctx **ctx);
 

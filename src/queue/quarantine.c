@@ -46,7 +46,7 @@ static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
 static bool id_safe(const char *id)
 {
 	size_t n = strlen(id);
-	if (n == 0 || n > 2 * QID_LEN)
+	if (n == 0 || n > (size_t)2 * QID_LEN)
 		return false;
 	for (size_t i = 0; i < n; i++)
 		if (!isdigit((unsigned char)id[i]) && !isupper((unsigned char)id[i]))

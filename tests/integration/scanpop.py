@@ -37,8 +37,9 @@ Library use (tests/integration/test_scan_population.py):
     problems = pop.verify(res.lines)         # [] when every domain is classified right
     pop.stop()
 Command line (bench/scan-bench.sh): python3 scanpop.py --domains 1000 --strictmx BIN
-    --strictmxd BIN [--per-ip N] [--concurrency N] [--runs N]: builds the population, runs
-    the scan, checks every line and prints domains/s.
+    --strictmxd BIN [--per-ip N] [--concurrency N] [--jobs N] [--runs N]: builds the
+    population, runs the scan, checks every line and prints domains/s, and the CPU time per
+    domain of the scanner and of the population's servers (peers_cpu_ticks).
 
 Rules: only 127.0.0.0/8 (127.0.2.x here); every wait is bounded; stop() stops only the
 processes this object started.
@@ -503,6 +504,46 @@ class ScanResult:
         self.stdout, self.stderr = stdout, stderr
 
 
+def _proc_ticks():
+    """{pid: (ppid, own ticks, reaped children's ticks)} from /proc."""
+    out = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rindex(")") + 2:].split()
+        out[int(p)] = (int(rest[1]), int(rest[11]) + int(rest[12]),
+                       int(rest[13]) + int(rest[14]))
+    return out
+
+
+def peers_cpu_ticks(pop):
+    """CPU ticks (user + system, clock ticks) used so far by the population's servers: NSD
+    and strictmxd (children of this process) and the Postfix masters with every process
+    under them, reaped ones included (a master's smtpd processes exit after max_use
+    sessions). Only processes this process started; the difference of two calls is what
+    the servers spent in between."""
+    procs = _proc_ticks()
+    kids = {}
+    for pid, (ppid, _own, _ch) in procs.items():
+        kids.setdefault(ppid, []).append(pid)
+    me = os.getpid()
+    roots = [c for c in kids.get(me, [])] + [m.master_pid() for m in pop.mx.values()]
+    total, todo, seen = 0, [r for r in roots if r in procs], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid == me:
+            continue
+        seen.add(pid)
+        total += procs[pid][1] + procs[pid][2]
+        todo += kids.get(pid, [])
+    return total
+
+
 def run_scan(strictmx, conf, domains_file, out, concurrency=200, per_ip=None, timeout=10,
              extra=(), bound=600):
     """strictmx -c CONF scan FILE --output OUT ...: a ScanResult (lines: parsed JSON)."""
@@ -536,6 +577,7 @@ def main():
     ap.add_argument("--strictmxd", default=smxtest.STRICTMXD)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--per-ip", type=int, default=0, help="0: the scan default")
+    ap.add_argument("--jobs", type=int, default=0, help="0: the scan default (cores)")
     ap.add_argument("--timeout", type=int, default=10)
     ap.add_argument("--runs", type=int, default=1)
     a = ap.parse_args()
@@ -552,15 +594,23 @@ def main():
               % (pop.setup_seconds, len(LISTENERS), NET, len(LISTENERS), DNS_ADDR), flush=True)
         for run in range(a.runs):
             out = os.path.join(pop.tmp, "out-%d.jsonl" % run)
+            extra = ["--jobs", str(a.jobs)] if a.jobs else []
+            ticks0 = peers_cpu_ticks(pop)
             r = run_scan(a.strictmx, pop.conf, pop.domains_file, out, a.concurrency,
-                         a.per_ip or None, a.timeout)
+                         a.per_ip or None, a.timeout, extra=extra)
+            peers = (peers_cpu_ticks(pop) - ticks0) / os.sysconf("SC_CLK_TCK")
             problems = pop.verify(r.lines)
             bad += len(problems) + (r.rc != 0)
+            n = max(1, len(r.lines))
+            probes = [l.strip() for l in r.stdout.splitlines() if "probes:" in l]
             print("scan-bench: run %d: %d domains in %.2f s = %.0f domains/s "
-                  "(concurrency %d, per-ip %s; scanner CPU %.1f s; exit %d, %d misclassified)"
+                  "(concurrency %d, per-ip %s, jobs %s; CPU per domain: scanner %.2f ms, "
+                  "peers %.2f ms; exit %d, %d misclassified)"
                   % (run + 1, len(r.lines), r.seconds, len(r.lines) / r.seconds,
-                     a.concurrency, a.per_ip or "default", r.cpu, r.rc, len(problems)),
-                  flush=True)
+                     a.concurrency, a.per_ip or "default", a.jobs or "default",
+                     1000 * r.cpu / n, 1000 * peers / n, r.rc, len(problems)), flush=True)
+            if probes:
+                print("scan-bench:   " + probes[0], flush=True)
             for x in problems[:10]:
                 print("  " + x)
             if r.rc != 0:

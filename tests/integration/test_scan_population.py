@@ -10,6 +10,11 @@ self-signed, DANE-EE 3 1 1 match, TLSA mismatch, two MXs (first without STARTTLS
 MX, no such domain. Every domain's line is compared with its category's ground truth;
 the rate is printed, not asserted (`make bench` reports it for the release build).
 
+The main scan runs with the default --jobs (one worker process per core); a second,
+smaller scan with --jobs 1 checks that one loop classifies the same way. Results shared
+between domains (the enforcement probe per address, docs/checker.md) are checked through
+the summary's "probes:" line.
+
 SMX_SCANPOP_DOMAINS=N changes the population size (default 1000). Run time on 2 cores
 with the ASan build: ~25 s to build the bed, ~15 s per 1,000-domain scan.
 """
@@ -127,6 +132,69 @@ class TestPopulation(unittest.TestCase):
             if e:
                 bad.append("%s: %s" % (j["domain"], "; ".join(e[:3])))
         self.assertEqual(bad, [], "\n".join(bad[:10]))
+
+    def test_shared_results(self):
+        """Every probe is either run or answered by another domain's result; the
+        enforcement probe, which depends on the address only, runs about once per
+        listener and job (7 listeners) instead of once per MX address."""
+        m = re.search(r"probes: (\d+) TLS \(\+(\d+) answered by a shared result\), (\d+) "
+                      r"enforcement \(\+(\d+) shared\); (\d+) jobs?", self.r.stdout)
+        self.assertIsNotNone(m, self.r.stdout)
+        tls_run, tls_shared, enf_run, enf_shared, jobs = map(int, m.groups())
+        addrs = [(mx, a) for j in self.r.lines for mx in j["mx"] for a in mx["addresses"]]
+        connected = sum(1 for _mx, a in addrs if a["connect"]["ok"])
+        # DANE MXs get a second, PKIX-verified handshake (for information)
+        pkix = sum(1 for mx, a in addrs
+                   if mx["method"] == "dane" and mx["tlsa"] and a["connect"]["ok"])
+        self.assertEqual(tls_run + tls_shared, len(addrs) + pkix)
+        self.assertEqual(enf_run + enf_shared, connected)
+        self.assertGreaterEqual(jobs, 1)
+        # at most once per listener and job, plus a retry should one get no answer
+        self.assertLessEqual(enf_run, 2 * len(scanpop.LISTENERS) * jobs)
+        for _mx, a in addrs:
+            if a["connect"]["ok"]:
+                self.assertIn(a["inbound"]["result"], ("enforced", "accepted"), a)
+
+    def test_shared_tls_probe_same_result(self):
+        """`check` does not drop repeated names: the second check of a domain finds the
+        first one's probes under way (same address, SNI, names, TLSA set) and waits for
+        them; both results must be the same, and the ground truth."""
+        pop = ENV["pop"]
+        pick = {}
+        for d, cat in pop.domains:
+            if cat not in ("nullmx", "nxdomain"):
+                pick.setdefault(cat, d)
+        names = [d for d in pick.values() for _twice in (0, 1)]
+        p = subprocess.run([smxtest.STRICTMX, "-c", pop.conf, "check", "--json", "--timeout",
+                            "10"] + names, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1"))
+        self.assertIn(p.returncode, (0, 1), p.stderr)
+        lines = [json.loads(l) for l in p.stdout.splitlines()]
+        self.assertEqual([j["domain"] for j in lines], names)
+        for a, b in zip(lines[0::2], lines[1::2]):
+            a.pop("elapsed_ms")
+            b.pop("elapsed_ms")
+            self.assertEqual(a, b, a["domain"])
+            self.assertEqual(scanpop.domain_problems(a, pop.expected(a["domain"])), [])
+
+    def test_one_job_classifies_the_same(self):
+        """--jobs 1 (one event loop, no worker processes) on a slice of the population."""
+        pop = ENV["pop"]
+        part = pop.domains[:min(len(pop.domains), 120)]
+        src = os.path.join(ENV["tmp"], "part.txt")
+        with open(src, "w") as f:
+            f.write("".join(d + "\n" for d, _c in part))
+        out = os.path.join(ENV["tmp"], "part.jsonl")
+        r = scanpop.run_scan(smxtest.STRICTMX, pop.conf, src, out, concurrency=50,
+                             timeout=10, extra=["--jobs", "1"], bound=SCAN_BOUND)
+        self.assertEqual(r.rc, 0, r.stderr[-3000:])
+        self.assertIn("; 1 job\n", r.stdout)
+        self.assertEqual(sorted(j["domain"] for j in r.lines), sorted(d for d, _c in part))
+        problems = []
+        for j in r.lines:
+            problems += ["%s: %s" % (j["domain"], p)
+                         for p in scanpop.domain_problems(j, pop.expected(j["domain"]))]
+        self.assertEqual(problems, [], "\n".join(problems[:20]))
 
     def test_summary_figures(self):
         c = self.pop.counts()

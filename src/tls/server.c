@@ -11,6 +11,7 @@
  * See server.h for the contract.
  */
 #include "tls/server.h"
+#include "tls/tickets.h"
 
 #include "tls/policy.h"
 
@@ -42,6 +43,7 @@
 /* self-signed validity: RFC 5280 §4.1.2.5; one hour back for clock skew */
 #define SELFSIGNED_DAYS       3652
 #define SELFSIGNED_BACKDATE_S 3600
+#define TICKET_ROTATE_SECS    3600 /* a ticket key is used for an hour, accepted for two */
 
 static bool is_set(const char *s)
 {
@@ -560,6 +562,9 @@ SSL_CTX *tls_server_ctx_new(const struct config *c, char *err, size_t errlen)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	/* session resumption (IDs and tickets) needs a context id */
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	/* tickets under keys that are replaced hourly (tls/tickets.h) */
+	if (tls_tickets_enable(ctx, TICKET_ROTATE_SECS, err, errlen) < 0)
+		goto fail;
 
 	if (c->n_cert > 0 || c->n_key > 0) {
 		if (load_configured(ctx, c, err, errlen) < 0)

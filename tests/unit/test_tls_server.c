@@ -27,6 +27,7 @@
 
 #include "common/config.h"
 #include "tls/server.h"
+#include "tls/tickets.h"
 
 #define HOST "mx.example.org"
 
@@ -148,10 +149,15 @@ static int group_teardown(void **state)
 	return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* a session the next handshake() offers to resume, if set */
+static SSL_SESSION *resume_with;
+
 /* handshake - run client and server over a BIO pair; 0 when both finish */
 static int handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL **sout, SSL **cout)
 {
 	SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+	if (resume_with)
+		SSL_set_session(c, resume_with);
 	BIO *sb = NULL, *cb = NULL;
 	int sdone = 0, cdone = 0;
 
@@ -466,6 +472,58 @@ static void test_handshakes(void **state)
 	SSL_CTX_free(sctx);
 }
 
+/* resume - a TLS 1.2 handshake offering sess; returns whether it resumed */
+static int resume(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess, SSL_SESSION **next)
+{
+	SSL *s, *cl;
+	resume_with = sess;
+	assert_int_equal(handshake(sctx, cctx, &s, &cl), 0);
+	resume_with = NULL;
+	int reused = SSL_session_reused(cl);
+	if (next)
+		*next = SSL_get1_session(cl);
+	/* a clean close: a session freed without one is made non-resumable */
+	SSL_set_shutdown(cl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_set_shutdown(s, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_free(s);
+	SSL_free(cl);
+	return reused;
+}
+
+/* session tickets resume under the current and the previous key, not older */
+static void test_ticket_rotation(void **state)
+{
+	struct config c;
+	char err[512] = "";
+	SSL_SESSION *first, *second, *tmp;
+
+	(void)state;
+	cfg_selfsigned(&c);
+	SSL_CTX *sctx = tls_server_ctx_new(&c, err, sizeof(err));
+	if (sctx == NULL)
+		fail_msg("tls_server_ctx_new: %s", err);
+	SSL_CTX *cctx = client_ctx(TLS1_2_VERSION, TLS1_2_VERSION, NULL);
+	/* tickets only: no server-side session cache to fall back on */
+	SSL_CTX_set_session_cache_mode(sctx, SSL_SESS_CACHE_OFF);
+
+	assert_int_equal(resume(sctx, cctx, NULL, &first), 0);
+	assert_true(SSL_SESSION_has_ticket(first));
+	assert_int_equal(resume(sctx, cctx, first, NULL), 1);
+
+	tls_tickets_rotate(sctx); /* first's key is now the previous one */
+	assert_int_equal(resume(sctx, cctx, first, &second), 1);
+	tls_tickets_rotate(sctx); /* first's key is gone; second's is previous */
+	assert_int_equal(resume(sctx, cctx, first, &tmp), 0);
+	SSL_SESSION_free(tmp);
+	/* second was renewed under the key current after the first rotation */
+	assert_int_equal(resume(sctx, cctx, second, NULL), 1);
+
+	SSL_SESSION_free(first);
+	SSL_SESSION_free(second);
+	SSL_CTX_free(cctx);
+	SSL_CTX_free(sctx);
+}
+
 static void test_fingerprint_buffer(void **state)
 {
 	char small[10];
@@ -495,6 +553,7 @@ int main(void)
 	    cmocka_unit_test(test_ecdsa_and_rsa),
 	    cmocka_unit_test(test_handshakes),
 	    cmocka_unit_test(test_fingerprint_buffer),
+	    cmocka_unit_test(test_ticket_rotation),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -31,13 +31,22 @@ Category       MX of <d>                        ground truth (what scan must rep
   nullmx       MX 0 .                            status null-mx; exit 1
   nxdomain     (no records)                      status nxdomain; exit 2
 
+Shared MX hosts (--shared-mx FRACTION, Population(n, shared=F)): real MX hosting is
+concentrated (a provider's mx1/mx2 serve thousands of customer domains), so that fraction
+of the domains have only MX records pointing at the hosts of a few providers (PROVIDERS:
+mx1/mx2.prov-*.pop1.lab on the listeners above: valid PKIX, enforcing, DANE-EE with the
+TLSA records under the provider's host names, no STARTTLS, expired); their ground truth is
+the provider's scenario. The scanner shares TLS probes between them. 0 (default): the
+population above, unchanged.
+
 Library use (tests/integration/test_scan_population.py):
     pop = Population(1000, strictmxd=smxtest.STRICTMXD); pop.start()
     res = run_scan(smxtest.STRICTMX, pop.conf, pop.domains_file, out_path, ...)
     problems = pop.verify(res.lines)         # [] when every domain is classified right
     pop.stop()
 Command line (bench/scan-bench.sh): python3 scanpop.py --domains 1000 --strictmx BIN
-    --strictmxd BIN [--per-ip N] [--concurrency N] [--jobs N] [--runs N]: builds the
+    --strictmxd BIN [--per-ip N] [--concurrency N] [--jobs N] [--runs N]
+    [--shared-mx F] [--net 127.0.2.]: builds the
     population, runs the scan, checks every line and prints domains/s, and the CPU time per
     domain of the scanner and of the population's servers (peers_cpu_ticks).
 
@@ -76,15 +85,43 @@ WEIGHTS = [("valid", 180), ("enforce-pf", 80), ("enforce-smx", 80), ("nostarttls
            ("expired", 90), ("wrongname", 90), ("selfsigned", 70), ("dane-ee", 100),
            ("tlsa-mismatch", 80), ("mixed", 60), ("nullmx", 40), ("nxdomain", 40)]
 
-LISTENERS = {  # key -> (address, kind)
-    "valid-a": (NET + "1", "valid"),
-    "valid-b": (NET + "2", "valid"),
-    "encrypt": (NET + "3", "encrypt"),
-    "smx": (NET + "4", "strictmxd"),
-    "none": (NET + "5", "none"),
-    "expired": (NET + "6", "expired"),
-    "self": (NET + "7", "selfsigned"),
-}
+LISTENER_KINDS = [  # key, last octet, kind
+    ("valid-a", 1, "valid"), ("valid-b", 2, "valid"), ("encrypt", 3, "encrypt"),
+    ("smx", 4, "strictmxd"), ("none", 5, "none"), ("expired", 6, "expired"),
+    ("self", 7, "selfsigned")]
+
+
+def listeners(net=NET):
+    """key -> (address, kind) of the population's listeners on net (e.g. "127.0.2.")."""
+    return {k: (net + str(octet), kind) for k, octet, kind in LISTENER_KINDS}
+
+
+LISTENERS = listeners(NET)  # the default population's
+
+# Providers (--shared-mx): a fraction of the domains point their MX records at the MX hosts
+# of a few mail providers, as real domains do (a provider's mx1/mx2 serve thousands of
+# customer domains). Each provider is a scenario of the mix above; its host names live in
+# zone pop1.lab. and its TLSA records (DANE-EE provider) are published once, under its host
+# names. A domain using a provider has only its own MX records; its ground truth is the
+# provider's scenario. provider -> (category, weight per 100 shared domains,
+# [(pref, host label, listener)])
+PROVIDERS = [
+    ("prov-valid", "valid", 40, [(10, "mx1", "valid-a"), (20, "mx2", "valid-b")]),
+    ("prov-enforce", "enforce", 20, [(10, "mx1", "encrypt"), (20, "mx2", "smx")]),
+    ("prov-dane", "dane-ee", 15, [(10, "mx1", "self"), (20, "mx2", "self")]),
+    ("prov-nostarttls", "nostarttls", 15, [(10, "mx1", "none")]),
+    ("prov-expired", "expired", 10, [(10, "mx1", "expired"), (20, "mx2", "expired")]),
+]
+PROVIDER_ZONE = "pop1.lab."
+
+
+def provider_hosts(prov):
+    """[(pref, host name, listener)] of a provider's MX hosts."""
+    for name, _cat, _w, hosts in PROVIDERS:
+        if name == prov:
+            return [(pref, "%s.%s.%s" % (lab, name, PROVIDER_ZONE.rstrip(".")), lk)
+                    for pref, lab, lk in hosts]
+    raise KeyError(prov)
 
 
 # --------------------------------------------------------------------------------------
@@ -225,13 +262,69 @@ def plan_categories(n):
     return out
 
 
-class Population:
-    """The DNS zones, certificates and listeners for n domains, and their ground truth."""
+def plan_shared(n):
+    """[(domain, category, provider)] for n domains using providers' MX hosts: the
+    providers' weights scaled to n (at least one domain each when n allows), interleaved."""
+    total = sum(w for _p, _c, w, _h in PROVIDERS)
+    counts = {p: round(n * w / total) for p, _c, w, _h in PROVIDERS}
+    if n >= len(PROVIDERS):
+        for p in counts:
+            counts[p] = max(1, counts[p])
+    first = PROVIDERS[0][0]
+    counts[first] = max(0, counts[first] + n - sum(counts.values()))
+    cats = {p: c for p, c, _w, _h in PROVIDERS}
+    left = dict(counts)
+    out = []
+    while len(out) < n and any(left.values()):
+        for p, _c, _w, _h in PROVIDERS:
+            if left[p] and len(out) < n:
+                i = counts[p] - left[p]
+                left[p] -= 1
+                zone = ZONES[len(out) % len(ZONES)]
+                out.append(("cust-%s-%04d.%s" % (p[len("prov-"):], i, zone.rstrip(".")),
+                            cats[p], p))
+    return out
 
-    def __init__(self, n=1000, strictmxd=None):
+
+def plan_population(n, shared=0.0):
+    """([(domain, category)], {domain: provider}): round(n * shared) domains use a
+    provider's MX hosts (plan_shared), the others have their own (plan_categories); the two
+    kinds interleaved evenly. shared = 0 gives exactly plan_categories(n)."""
+    if not 0.0 <= shared <= 1.0:
+        raise ValueError("shared MX fraction must be within 0..1: %r" % shared)
+    n_shared = round(n * shared)
+    own = plan_categories(n - n_shared) if n - n_shared > 0 else []
+    prov = plan_shared(n_shared)
+    out, provider = [], {}
+    i = j = 0
+    for k in range(n):
+        # the k-th domain is a provider's one when the shared quota up to k grows
+        if j < len(prov) and (i >= len(own) or (k + 1) * n_shared // n > j):
+            dom, cat, p = prov[j]
+            j += 1
+            out.append((dom, cat))
+            provider[dom] = p
+        else:
+            out.append(own[i])
+            i += 1
+    return out, provider
+
+
+class Population:
+    """The DNS zones, certificates and listeners for n domains, and their ground truth.
+    shared: the fraction of domains whose MX records point at a provider's MX hosts
+    (PROVIDERS); 0 = every domain has its own MX host names (the default population).
+    net: the 127.x.y. prefix of the listeners and NSD (two populations can run at once on
+    two prefixes)."""
+
+    def __init__(self, n=1000, strictmxd=None, shared=0.0, net=NET):
         self.n = n
+        self.shared = shared
+        self.net = net
+        self.listeners = listeners(net)
+        self.dns_addr = net + "53"
         self.strictmxd = strictmxd or smxtest.STRICTMXD
-        self.domains = plan_categories(n)
+        self.domains, self.provider = plan_population(n, shared)
         self.truth = dict(self.domains)
         self.tmp = tempfile.mkdtemp(prefix="smx-scanpop-")
         os.chmod(self.tmp, 0o755)
@@ -245,6 +338,8 @@ class Population:
 
     # where each domain's MX hosts point (host -> listener key)
     def mx_hosts(self, dom, cat, idx):
+        if dom in self.provider:
+            return provider_hosts(self.provider[dom])
         if cat in ("nullmx", "nxdomain"):
             return []
         if cat == "mixed":
@@ -258,12 +353,13 @@ class Population:
     def _layout(self):
         """host -> listener, and the SAN names each listener's certificate carries."""
         self.hosts = {}   # dom -> [(pref, host, listener)]
-        sans = {k: [] for k in LISTENERS}
+        sans = {k: [] for k in self.listeners}
         for idx, (dom, cat) in enumerate(self.domains):
             hs = self.mx_hosts(dom, cat, idx)
             self.hosts[dom] = hs
             for _p, host, lk in hs:
-                if cat != "wrongname":  # wrongname: the listener's cert does not name it
+                # wrongname: the listener's cert does not name it
+                if cat != "wrongname" and host not in sans[lk]:
                     sans[lk].append(host)
         return sans
 
@@ -282,7 +378,7 @@ class Population:
         sans = self._layout()
         self._keys = {}
         certs = {}
-        for lk, (addr, kind) in LISTENERS.items():
+        for lk, (addr, kind) in self.listeners.items():
             if kind == "none":
                 continue
             names = sans[lk] or ["unused-%s.pop1.lab" % lk]
@@ -294,10 +390,24 @@ class Population:
         other_crt, _ = self.ca.leaf("other-key.pop1.lab")
         # zones
         zones = {z: [] for z in ZONES}
+        # the providers' MX hosts (only those some domain uses), their TLSA records once
+        used = sorted({self.provider[d] for d in self.provider})
+        for prov in used:
+            cat = dict((p, c) for p, c, _w, _h in PROVIDERS)[prov]
+            for _pref, host, lk in provider_hosts(prov):
+                hrel = host[: -len(PROVIDER_ZONE)]
+                zones[PROVIDER_ZONE].append("%s A %s" % (hrel, self.listeners[lk][0]))
+                if cat == "dane-ee":
+                    zones[PROVIDER_ZONE].append("_25._tcp.%s TLSA %s"
+                                                % (hrel, tlsa_rdata(certs[lk][0], 3, 1, 1)))
         for dom, cat in self.domains:
             zone = dom.split(".", 1)[1] + "."
             rel = dom.split(".", 1)[0]
             lines = zones[zone]
+            if dom in self.provider:  # only its MX records: the hosts are the provider's
+                for pref, host, _lk in self.hosts[dom]:
+                    lines.append("%s MX %d %s." % (rel, pref, host))
+                continue
             if cat == "nxdomain":
                 continue
             if cat == "nullmx":
@@ -306,15 +416,15 @@ class Population:
             for pref, host, lk in self.hosts[dom]:
                 hrel = host[: -len(zone)]
                 lines.append("%s MX %d %s" % (rel, pref, hrel))
-                lines.append("%s A %s" % (hrel, LISTENERS[lk][0]))
+                lines.append("%s A %s" % (hrel, self.listeners[lk][0]))
                 if cat == "dane-ee":
                     lines.append("_25._tcp.%s TLSA %s" % (hrel, tlsa_rdata(certs[lk][0], 3, 1, 1)))
                 elif cat == "tlsa-mismatch":
                     lines.append("_25._tcp.%s TLSA %s" % (hrel, tlsa_rdata(other_crt, 3, 1, 1)))
-        self.dns = DnsBed(zones, signed=True, addr=DNS_ADDR)
+        self.dns = DnsBed(zones, signed=True, addr=self.dns_addr)
         self.dns.start()
         # listeners
-        for lk, (addr, kind) in LISTENERS.items():
+        for lk, (addr, kind) in self.listeners.items():
             if kind == "strictmxd":
                 continue
             extra = {}
@@ -345,7 +455,7 @@ class Population:
         saved = smxtest.STRICTMXD
         smxtest.STRICTMXD = self.strictmxd  # Daemon runs the module's STRICTMXD
         try:
-            d = smxtest.Daemon(server={"listen": LISTENERS["smx"][0] + ":25",
+            d = smxtest.Daemon(server={"listen": self.listeners["smx"][0] + ":25",
                                        "tls_cert": crt, "tls_key": key,
                                        "local_domains": "pop1.lab"},
                                limits={"connections_per_ip": 1000}, start=False)
@@ -359,7 +469,7 @@ class Population:
             if not m.started or k in errors:
                 raise RuntimeError("Postfix listener %s (%s) did not start: %s\n%s"
                                    % (k, m.addr, errors.get(k, ""), m.log()[-2000:]))
-        addr = LISTENERS["smx"][0]
+        addr = self.listeners["smx"][0]
         if not smxtest.poll(lambda: can_connect(addr, 25), 20):
             raise RuntimeError("strictmxd not listening on %s:25:\n%s" % (addr, d.log_text()))
         with open(self.conf, "w") as f:
@@ -418,7 +528,7 @@ class Population:
         first = hs[0][1] if hs else None
         if cat == "valid":
             e["text"] = "yes, verified by PKIX (%s)" % first
-        elif cat in ("enforce-pf", "enforce-smx"):
+        elif cat in ("enforce-pf", "enforce-smx", "enforce"):
             e.update(text="yes, verified by PKIX (%s)" % first, enforce_all=True,
                      citable=True, inbound="enforced")
         elif cat == "dane-ee":
@@ -443,6 +553,8 @@ class Population:
         elif cat == "nxdomain":
             e.update(status="nxdomain", exit=2, would_deliver=False, has_mx=False,
                      all_mx_verify=False, starttls_all=False, methods=[], inbound=None)
+        if dom in self.provider:  # every MX host of a provider has the same scenario
+            e["methods"] = e["methods"][:1] * len(hs)
         return e
 
     def verify(self, lines):
@@ -471,6 +583,19 @@ class Population:
         for _d, c in self.domains:
             out[c] = out.get(c, 0) + 1
         return out
+
+    def provider_counts(self):
+        """{provider: domains using its MX hosts} (empty for the unique-MX population)."""
+        out = {}
+        for p in self.provider.values():
+            out[p] = out.get(p, 0) + 1
+        return out
+
+    def provider_mx_addresses(self):
+        """Distinct (MX host, address) pairs of the providers' hosts in use: the TLS
+        probes a shared population needs at least once per job."""
+        return {(h, self.listeners[lk][0]) for p in self.provider_counts()
+                for _pref, h, lk in provider_hosts(p)}
 
 
 def domain_problems(j, e):
@@ -580,18 +705,36 @@ def main():
     ap.add_argument("--jobs", type=int, default=0, help="0: the scan default (cores)")
     ap.add_argument("--timeout", type=int, default=10)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--shared-mx", type=float, default=0.0, metavar="FRACTION",
+                    help="fraction of the domains whose MX records point at a few "
+                    "providers' MX hosts (PROVIDERS); 0 (default): every domain has its "
+                    "own MX host names, the population of the earlier figures")
+    ap.add_argument("--net", default=NET, help="127.x.y. prefix of listeners and NSD")
     a = ap.parse_args()
+    if not 0.0 <= a.shared_mx <= 1.0:
+        ap.error("--shared-mx must be within 0..1")
+    if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.", a.net):
+        ap.error("--net must be a loopback prefix such as 127.0.2.")
     a.strictmx, a.strictmxd = os.path.abspath(a.strictmx), os.path.abspath(a.strictmxd)
     for b in (a.strictmx, a.strictmxd):
         smxtest.require_binaries(b)
-    pop = Population(a.domains, strictmxd=a.strictmxd)
-    print("scan-bench: building %d domains (%s) ..." % (a.domains, ", ".join(
+    pop = Population(a.domains, strictmxd=a.strictmxd, shared=a.shared_mx, net=a.net)
+    label = ("unique-MX" if not pop.provider else
+             "shared-MX %.2f" % a.shared_mx)
+    print("scan-bench: [%s] building %d domains (%s) ..." % (label, a.domains, ", ".join(
         "%s %d" % kv for kv in pop.counts().items())), flush=True)
+    if pop.provider:
+        print("scan-bench: [%s] %d domains use providers' MX hosts (%s); %d have their own"
+              % (label, len(pop.provider), ", ".join(
+                  "%s %d" % kv for kv in pop.provider_counts().items()),
+                 len(pop.domains) - len(pop.provider)), flush=True)
     pop.start()
     bad = 0
+    rates, scpu, pcpu = [], [], []
     try:
-        print("scan-bench: population ready in %.1f s: %d listeners on %s1-%d, NSD on %s"
-              % (pop.setup_seconds, len(LISTENERS), NET, len(LISTENERS), DNS_ADDR), flush=True)
+        print("scan-bench: [%s] population ready in %.1f s: %d listeners on %s1-%d, NSD on %s"
+              % (label, pop.setup_seconds, len(pop.listeners), pop.net, len(pop.listeners),
+                 pop.dns_addr), flush=True)
         for run in range(a.runs):
             out = os.path.join(pop.tmp, "out-%d.jsonl" % run)
             extra = ["--jobs", str(a.jobs)] if a.jobs else []
@@ -603,10 +746,13 @@ def main():
             bad += len(problems) + (r.rc != 0)
             n = max(1, len(r.lines))
             probes = [l.strip() for l in r.stdout.splitlines() if "probes:" in l]
-            print("scan-bench: run %d: %d domains in %.2f s = %.0f domains/s "
+            rates.append(len(r.lines) / r.seconds)
+            scpu.append(1000 * r.cpu / n)
+            pcpu.append(1000 * peers / n)
+            print("scan-bench: [%s] run %d: %d domains in %.2f s = %.0f domains/s "
                   "(concurrency %d, per-ip %s, jobs %s; CPU per domain: scanner %.2f ms, "
                   "peers %.2f ms; exit %d, %d misclassified)"
-                  % (run + 1, len(r.lines), r.seconds, len(r.lines) / r.seconds,
+                  % (label, run + 1, len(r.lines), r.seconds, len(r.lines) / r.seconds,
                      a.concurrency, a.per_ip or "default", a.jobs or "default",
                      1000 * r.cpu / n, 1000 * peers / n, r.rc, len(problems)), flush=True)
             if probes:
@@ -615,6 +761,13 @@ def main():
                 print("  " + x)
             if r.rc != 0:
                 print(r.stderr[-2000:])
+        if rates:
+            med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+            print("scan-bench: [%s] median of %d runs: %.0f domains/s, CPU per domain: "
+                  "scanner %.2f ms + servers %.2f ms = %.2f ms; classification: %s"
+                  % (label, len(rates), med(rates), med(scpu), med(pcpu),
+                     med(scpu) + med(pcpu),
+                     "all correct" if not bad else "%d problem(s)" % bad), flush=True)
     finally:
         errs = pop.stop()
         for e in errs:

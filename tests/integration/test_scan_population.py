@@ -15,6 +15,10 @@ smaller scan with --jobs 1 checks that one loop classifies the same way. Results
 between domains (the enforcement probe per address, docs/checker.md) are checked through
 the summary's "probes:" line.
 
+TestSharedMxPopulation: a second, small population (200 domains, 70 % of them at a few
+providers' MX hosts, `scanpop.py --shared-mx`) on 127.0.3.x: every domain's
+classification, and the TLS probes shared between a provider's customer domains.
+
 SMX_SCANPOP_DOMAINS=N changes the population size (default 1000). Run time on 2 cores
 with the ASan build: ~25 s to build the bed, ~15 s per 1,000-domain scan.
 """
@@ -242,6 +246,72 @@ class TestPopulation(unittest.TestCase):
         self.assertGreater(os.path.getsize(png), 40000)
         if os.environ.get("SMX_SCREENSHOT_DIR"):
             shutil.copy(png, os.environ["SMX_SCREENSHOT_DIR"])
+
+
+class TestSharedMxPopulation(unittest.TestCase):
+    """A small population where 70 % of the domains point their MX records at a few
+    providers' MX hosts (scanpop.PROVIDERS: valid PKIX, enforcing, DANE-EE, no STARTTLS,
+    expired), as real domains mostly do (`scanpop.py --shared-mx`). Its own listeners and
+    NSD on 127.0.3.x, so it runs beside the module's population. Asserts every domain's
+    classification and that the TLS probes of the providers' hosts were shared between
+    their customer domains. ~20 s with the ASan build."""
+
+    N_SHARED = 200
+    FRACTION = 0.7
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pop = scanpop.Population(cls.N_SHARED, shared=cls.FRACTION, net="127.0.3.")
+        cls.pop.start()
+        cls.tmp = tempfile.mkdtemp(prefix="smx-scanpop-shared-")
+        out = os.path.join(cls.tmp, "out.jsonl")
+        cls.r = scanpop.run_scan(smxtest.STRICTMX, cls.pop.conf, cls.pop.domains_file, out,
+                                 concurrency=100, timeout=10, bound=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        errors = cls.pop.stop()
+        if not os.environ.get("SMX_KEEP_TMP"):
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+    def test_every_domain_classified_as_ground_truth(self):
+        self.assertEqual(self.r.rc, 0, self.r.stderr[-3000:])
+        self.assertEqual(sorted(j["domain"] for j in self.r.lines),
+                         sorted(d for d, _c in self.pop.domains))
+        self.assertEqual(len(self.pop.provider), round(self.N_SHARED * self.FRACTION))
+        self.assertEqual(set(self.pop.provider_counts()), {p[0] for p in scanpop.PROVIDERS})
+        problems = self.pop.verify(self.r.lines)
+        self.assertEqual(problems, [], "\n".join(problems[:20]))
+        # a provider's customers really use its hosts: the MX names in the output
+        for j in self.r.lines:
+            prov = self.pop.provider.get(j["domain"])
+            if prov:
+                self.assertEqual([m["host"] for m in j["mx"]],
+                                 [h for _p, h, _lk in scanpop.provider_hosts(prov)], j["domain"])
+
+    def test_tls_probes_shared(self):
+        m = re.search(r"probes: (\d+) TLS \(\+(\d+) answered by a shared result\), (\d+) "
+                      r"enforcement \(\+(\d+) shared\); (\d+) jobs?", self.r.stdout)
+        self.assertIsNotNone(m, self.r.stdout)
+        tls_run, tls_shared, _enf_run, _enf_shared, jobs = map(int, m.groups())
+
+        def probes(j):  # TLS probes a domain needs: one per address, two for DANE MXs
+            return sum(1 + (mx["method"] == "dane" and bool(mx["tlsa"]) and a["connect"]["ok"])
+                       for mx in j["mx"] for a in mx["addresses"])
+        need_prov = sum(probes(j) for j in self.r.lines if j["domain"] in self.pop.provider)
+        need_own = sum(probes(j) for j in self.r.lines if j["domain"] not in self.pop.provider)
+        self.assertEqual(tls_run + tls_shared, need_prov + need_own)
+        # each provider host and address (and method) is probed about once per job (a
+        # retry allowed); everything else its customers need comes from the shared result
+        cat = {p: c for p, c, _w, _h in scanpop.PROVIDERS}
+        keys = len(self.pop.provider_mx_addresses()) + sum(  # + the DANE hosts' PKIX probe
+            len(scanpop.provider_hosts(p)) for p in self.pop.provider_counts()
+            if cat[p] == "dane-ee")
+        self.assertLessEqual(tls_run, need_own + 2 * keys * jobs, self.r.stdout)
+        self.assertGreaterEqual(tls_shared, need_prov - 2 * keys * jobs, self.r.stdout)
+        self.assertGreater(tls_shared, need_prov // 2, self.r.stdout)
 
 
 class TestSchemaEdges(unittest.TestCase):

@@ -64,6 +64,9 @@ void config_defaults(struct config *c)
 	c->timeout_data = 600;    /* §4.5.3.2.6 (client side 10 min) */
 	c->timeout_tls = 60;
 	c->errors = 20;
+	c->min_data_rate = 500;   /* Postfix smtpd_min_data_rate */
+	c->error_delay = 1;       /* Postfix smtpd_error_sleep_time */
+	c->header_size = 1048576; /* refused, not truncated: see docs/configuration.md */
 	c->smtp_port = 25;
 	c->mta_sts = true;
 	c->max_connections_per_domain = 20;
@@ -508,6 +511,33 @@ static int handle_limits(struct parse_ctx *p, const char *k, const char *v)
 		return set_count(p, k, v, 1, 1000000, &c->connections_per_ip);
 	if (!strcmp(k, "errors"))
 		return set_count(p, k, v, 1, 1000, &c->errors);
+	if (!strcmp(k, "min_data_rate")) {
+		uint64_t n;
+		if (config_parse_size(v, &n) < 0 || n > (1ULL << 30))
+			return perr(
+			    p, "min_data_rate: expected octets per second from 0 to 1G, got '%s'",
+			    v);
+		c->min_data_rate = n;
+		return 1;
+	}
+	if (!strcmp(k, "error_delay")) {
+		if (!strcmp(v, "0")) {
+			c->error_delay = 0;
+			return 1;
+		}
+		if (config_parse_duration(v, &c->error_delay) < 0 || c->error_delay > 60)
+			return perr(p, "error_delay: expected 0 or a duration up to 60 s, got '%s'",
+			            v);
+		return 1;
+	}
+	if (!strcmp(k, "header_size")) {
+		uint64_t n;
+		if (config_parse_size(v, &n) < 0 || (n != 0 && n < 1024) || n > (1ULL << 30))
+			return perr(p, "header_size: expected 0 or a size from 1K to 1G, got '%s'",
+			            v);
+		c->header_size = n;
+		return 1;
+	}
 	if (!strcmp(k, "timeout_command"))
 		return set_duration(p, k, v, &c->timeout_command);
 	if (!strcmp(k, "timeout_data"))

@@ -86,6 +86,9 @@ struct config {
 	unsigned timeout_data;
 	unsigned timeout_tls;
 	size_t errors;
+	uint64_t min_data_rate; /* octets/s inside DATA/BDAT content; 0 = no minimum */
+	unsigned error_delay;   /* seconds before each error reply past the 10th; 0 = none */
+	uint64_t header_size;   /* the client's header block; 0 = no limit of its own */
 
 	/* [dns] */
 	bool dns_forward;             /* resolver = forward (/etc/resolv.conf), else recursive */

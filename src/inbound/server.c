@@ -53,6 +53,9 @@
 #define IN_CHUNK  65536                /* bytes handed to the session at once */
 #define OUT_HIGH  ((size_t)256 * 1024) /* stop reading while this much output waits */
 #define SPOOL_BUF 65536                /* spool writes are batched */
+/* error replies after this many are delayed by [limits] error_delay (Postfix
+ * smtpd_soft_error_limit) */
+#define SOFT_ERRORS 10
 
 struct shard;
 
@@ -78,6 +81,16 @@ struct conn {
 	 * deadline restarts only when a command (or content) makes progress, so
 	 * a client trickling one byte at a time is still cut off (slowloris). */
 	struct event *deadline;
+	/* [limits] min_data_rate: inside DATA/BDAT content the deadline moves
+	 * forward only by octets/rate, never past timeout_data from now */
+	bool in_content;
+	uint64_t content_deadline_us; /* monotonic */
+	uint64_t content_octets;      /* the session's counter at the last read */
+	uint64_t content_started_us;  /* for the log line */
+	uint64_t content_first;       /* the counter when the content began */
+	/* [limits] error_delay: the tarpit timer (the session holds the reply) */
+	struct event *delay_ev;
+	bool delaying;
 	char *spool_buf;
 	size_t spool_len;
 	bool spool_err;
@@ -388,11 +401,60 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	conn_timeout(arg);
 }
 
-/* conn_progress - the peer moved forward: its deadline starts again */
+/* delay_cb - the tarpit pause is over: the held error reply goes out */
+static void delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	c->delaying = false;
+	if (c->closing)
+		return;
+	inbound_session_delay_done(c->sess);
+	conn_flush_output(c);
+	bufferevent_enable(c->bev, EV_READ);
+	conn_process(c);
+}
+
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * conn_progress - the peer moved forward: its deadline starts again, except
+ * inside DATA/BDAT content with a min_data_rate. There, as with Postfix's
+ * smtpd_min_data_rate, the content gets timeout_data to begin with, and each
+ * read of N octets moves the deadline N/rate seconds further, never more than
+ * timeout_data from now: a client trickling a line before every deadline
+ * runs out of time, one at the rate or faster never does. The octets are
+ * counted by the session (inbound_session_content_octets).
+ */
 static void conn_progress(struct conn *c)
 {
 	unsigned secs = phase_timeout(c);
-	struct timeval tv = {.tv_sec = secs};
+	uint64_t rate = c->srv->cfg->min_data_rate;
+	if (rate == 0 || c->handshaking || !inbound_session_in_data(c->sess)) {
+		c->in_content = false;
+		struct timeval tv = {.tv_sec = secs};
+		evtimer_add(c->deadline, &tv);
+		return;
+	}
+	uint64_t now = mono_us(), cap = now + (uint64_t)secs * 1000000;
+	uint64_t octets = inbound_session_content_octets(c->sess);
+	if (!c->in_content) {
+		c->in_content = true;
+		c->content_deadline_us = cap;
+		c->content_started_us = now;
+		c->content_first = octets;
+	} else {
+		uint64_t d = c->content_deadline_us + (octets - c->content_octets) * 1000000 / rate;
+		c->content_deadline_us = d < cap ? d : cap;
+	}
+	c->content_octets = octets;
+	uint64_t left = c->content_deadline_us > now ? c->content_deadline_us - now : 0;
+	struct timeval tv = {.tv_sec = (time_t)(left / 1000000),
+	                     .tv_usec = (suseconds_t)(left % 1000000)};
 	evtimer_add(c->deadline, &tv);
 }
 
@@ -523,6 +585,19 @@ static void conn_process(struct conn *c)
 		case INBOUND_CLOSE:
 			conn_close_when_flushed(c);
 			return;
+		case INBOUND_DELAY:
+			/* a timer on this loop, never a sleep: the other sessions
+			 * go on; this one reads nothing until delay_cb (not even
+			 * into our buffer: a flood would pile up meanwhile) */
+			if (!c->delaying) {
+				struct timeval tv = {.tv_sec = c->srv->cfg->error_delay};
+				c->delaying = true;
+				bufferevent_disable(c->bev, EV_READ);
+				/* the phase changed (end of a chunk): not the data timeouts */
+				conn_set_timeouts(c);
+				evtimer_add(c->delay_ev, &tv);
+			}
+			return;
 		}
 	}
 	conn_set_timeouts(c);
@@ -582,10 +657,18 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 
 static void conn_timeout(struct conn *c)
 {
-	log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
-	         c->handshaking                     ? "tls"
-	         : inbound_session_in_data(c->sess) ? "data"
-	                                            : "command");
+	if (c->in_content && !c->handshaking && inbound_session_in_data(c->sess)) {
+		uint64_t us = mono_us() - c->content_started_us;
+		log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=data reason=min_data_rate "
+		         "octets=%" PRIu64 " seconds=%" PRIu64 " min_data_rate=%" PRIu64,
+		         c->id, c->ip, c->content_octets - c->content_first, us / 1000000,
+		         (uint64_t)c->srv->cfg->min_data_rate);
+	} else {
+		log_info("event=timeout sid=%016" PRIx64 " ip=%s phase=%s", c->id, c->ip,
+		         c->handshaking                     ? "tls"
+		         : inbound_session_in_data(c->sess) ? "data"
+		                                            : "command");
+	}
 	if (c->handshaking || c->closing || c->tls_pending) {
 		conn_free(c);
 		return;
@@ -618,6 +701,7 @@ static void conn_free(struct conn *c)
 	/* the main loop counts connections per address */
 	post_closed(c->srv, c->ip);
 	event_free(c->deadline);
+	event_free(c->delay_ev);
 	inbound_session_free(&c->sess);
 	maildir_abort(&c->msg);
 	if (c->bev) {
@@ -746,6 +830,7 @@ static void handoff_run(void *arg)
 	c->id = h->id;
 	c->started = time(NULL);
 	c->deadline = evtimer_new(sh->base, deadline_cb, c);
+	c->delay_ev = evtimer_new(sh->base, delay_cb, c);
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
@@ -764,6 +849,7 @@ static void handoff_run(void *arg)
 		evutil_closesocket(fd);
 		free(c->spool_buf);
 		event_free(c->deadline);
+		event_free(c->delay_ev);
 		post_closed(srv, c->ip);
 		free(c);
 		free(h);
@@ -780,6 +866,8 @@ static void handoff_run(void *arg)
 	    .size_max = cfg->message_size,
 	    .rcpt_max = cfg->recipients,
 	    .errors_max = cfg->errors,
+	    .errors_delay_after = cfg->error_delay ? SOFT_ERRORS : 0,
+	    .header_max = cfg->header_size,
 	    .peer_ip = c->ip,
 	    .relay_allowed = config_net_match(&cfg->relay_networks, ip),
 	    .id = c->id,

@@ -56,6 +56,12 @@ struct tx {
 	bool sink_open; /* content is going to the sink */
 	bool too_big;   /* over size_max: content no longer written */
 	uint64_t size;  /* content octets given to the sink */
+	/* the client's header block (up to the first empty line), for header_max */
+	uint64_t hdr_size;
+	size_t hdr_line; /* octets of the current header line before its LF */
+	char hdr_last;   /* the last octet seen, across pieces */
+	bool hdr_done;   /* the empty line was seen, or the limit was passed */
+	bool hdr_too_big;
 	struct smtp_data dec;
 	unsigned number; /* transaction number in this session */
 };
@@ -70,6 +76,7 @@ struct inbound_session {
 	bool esmtp;
 	char helo[256];
 	size_t errors;
+	uint64_t content_rx; /* DATA/BDAT octets read, for the I/O layer's rate check */
 	unsigned tx_count;
 	struct tx tx;
 	/* BDAT chunk in progress */
@@ -82,6 +89,9 @@ struct inbound_session {
 	char queue_id[40];
 	/* output */
 	struct buf out;
+	/* replies held back during INBOUND_DELAY; everything after them waits too,
+	 * so the order of replies is kept */
+	struct buf held;
 };
 
 static const char *const state_names[] = {"cmd", "skipline", "data", "bdat", "wait", "closed"};
@@ -103,33 +113,71 @@ static void send_reply(struct inbound_session *s, const struct smtp_reply *r)
 {
 	char buf[SMTP_REPLY_TEXT_MAX + 32];
 	size_t n = smtp_reply_format(r, buf, sizeof(buf));
-	out_append(s, buf, n);
+	if (s->held.len) /* behind a delayed reply */
+		buf_append(&s->held, buf, n);
+	else
+		out_append(s, buf, n);
+}
+
+/* release_held - replies held for a delay go out now, in order */
+static void release_held(struct inbound_session *s)
+{
+	if (s->held.len) {
+		out_append(s, s->held.p, s->held.len);
+		s->held.len = 0;
+	}
 }
 
 static void close_session(struct inbound_session *s)
 {
+	release_held(s); /* no tarpit for a session that ends */
 	enter_state(s, ST_CLOSED);
 	s->action = INBOUND_CLOSE;
 }
 
 /*
  * reply_r - queue one reply; errors (4xx/5xx) are counted, and at errors_max
- * the session ends with 421 (RFC 5321 §4.2.2: 421 before closing).
+ * the session ends with 421 (RFC 5321 §4.2.2: 421 before closing). Past
+ * errors_delay_after errors, an error reply is held and INBOUND_DELAY raised:
+ * the I/O layer sends it after a pause, and reads nothing meanwhile (the
+ * tarpit of Postfix's smtpd_soft_error_limit / smtpd_error_sleep_time). The
+ * reply that reaches errors_max is not delayed: the 421 follows at once.
  */
 static void reply_r(struct inbound_session *s, const struct smtp_reply *r)
 {
-	send_reply(s, r);
-	if (r->code >= 400 && r->code != 421 && s->state != ST_CLOSED) {
-		if (++s->errors >= s->p.errors_max) {
-			log_info("event=too_many_errors sid=%016" PRIx64 " errors=%zu", s->p.id,
-			         s->errors);
-			struct smtp_reply bye;
-			smtp_reply_set(&bye, 421, "4.7.0", "%s Error: too many errors",
-			               s->p.hostname);
-			send_reply(s, &bye);
-			close_session(s);
-		}
+	bool error = r->code >= 400 && r->code != 421 && s->state != ST_CLOSED;
+	if (error)
+		s->errors++;
+	if (error && s->errors < s->p.errors_max && s->p.errors_delay_after &&
+	    s->errors > s->p.errors_delay_after && s->action == INBOUND_NONE) {
+		char buf[SMTP_REPLY_TEXT_MAX + 32];
+		size_t n = smtp_reply_format(r, buf, sizeof(buf));
+		buf_append(&s->held, buf, n);
+		s->action = INBOUND_DELAY;
+		log_debug("event=error_delay sid=%016" PRIx64 " errors=%zu", s->p.id, s->errors);
+		return;
 	}
+	send_reply(s, r);
+	if (error && s->errors >= s->p.errors_max) {
+		log_info("event=too_many_errors sid=%016" PRIx64 " errors=%zu", s->p.id, s->errors);
+		struct smtp_reply bye;
+		smtp_reply_set(&bye, 421, "4.7.0", "%s Error: too many errors", s->p.hostname);
+		send_reply(s, &bye);
+		close_session(s);
+	}
+}
+
+void inbound_session_delay_done(struct inbound_session *s)
+{
+	if (s->action != INBOUND_DELAY)
+		return;
+	s->action = INBOUND_NONE;
+	release_held(s);
+}
+
+uint64_t inbound_session_content_octets(const struct inbound_session *s)
+{
+	return s->content_rx;
 }
 
 static void reply(struct inbound_session *s, int code, const char *enh, const char *fmt, ...)
@@ -168,6 +216,7 @@ void inbound_session_free(struct inbound_session **sp)
 		return;
 	tx_reset(s);
 	buf_free(&s->out);
+	buf_free(&s->held);
 	free(s);
 	*sp = NULL;
 }
@@ -412,7 +461,7 @@ static void cmd_rcpt(struct inbound_session *s, const struct smtp_cmd *c)
 
 static void sink_write(struct inbound_session *s, const void *p, size_t n)
 {
-	if (!s->tx.sink_open || s->tx.too_big)
+	if (!s->tx.sink_open || s->tx.too_big || s->tx.hdr_too_big)
 		return;
 	if (s->tx.size + n > s->p.size_max) {
 		s->tx.too_big = true;
@@ -422,9 +471,44 @@ static void sink_write(struct inbound_session *s, const void *p, size_t n)
 	s->p.sink.write(s->p.sink.ctx, p, n);
 }
 
+/*
+ * header_scan - measure the client's header block: every line up to the
+ * first empty one (RFC 5322 §2.1). Past header_max the message is refused
+ * at its end and nothing more of it is written.
+ */
+static void header_scan(struct inbound_session *s, const char *p, size_t n)
+{
+	struct tx *t = &s->tx;
+	if (t->hdr_done || s->p.header_max == 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		char c = p[i];
+		if (c == '\n' && t->hdr_line == 1 && t->hdr_last == '\r') {
+			t->hdr_done = true; /* the empty line: not part of the header */
+			return;
+		}
+		t->hdr_size++;
+		if (c == '\n') {
+			t->hdr_line = 0;
+		} else {
+			t->hdr_line++;
+			if (t->hdr_line == 1 && c != '\r')
+				t->hdr_line = 2; /* a line with text: never the empty line */
+		}
+		t->hdr_last = c;
+		if (t->hdr_size > s->p.header_max) {
+			t->hdr_too_big = true;
+			t->hdr_done = true;
+			return;
+		}
+	}
+}
+
 static void emit_content(void *ctx, const void *p, size_t n)
 {
-	sink_write(ctx, p, n);
+	struct inbound_session *s = ctx;
+	header_scan(s, p, n);
+	sink_write(s, p, n);
 }
 
 /* RFC 5322 date, in UTC, for the Received: header */
@@ -489,6 +573,14 @@ static int content_check(struct inbound_session *s)
 		tx_reset(s);
 		reply(s, 552, "5.3.4", "Error: message too big (limit %" PRIu64 " octets)",
 		      s->p.size_max);
+		return -1;
+	}
+	if (s->tx.hdr_too_big) {
+		log_info("event=reject sid=%016" PRIx64 " reason=header_too_big limit=%" PRIu64,
+		         s->p.id, s->p.header_max);
+		tx_reset(s);
+		reply(s, 552, "5.3.4", "Error: message header too big (limit %" PRIu64 " octets)",
+		      s->p.header_max);
 		return -1;
 	}
 	if (d->long_line) {
@@ -770,6 +862,7 @@ size_t inbound_session_input(struct inbound_session *s, const char *buf, size_t 
 		case ST_DATA: {
 			bool done = false;
 			k = smtp_data_feed(&s->tx.dec, p, n, emit_content, s, &done);
+			s->content_rx += k;
 			if (done) {
 				enter_state(s, ST_CMD);
 				if (content_check(s) == 0)
@@ -779,6 +872,7 @@ size_t inbound_session_input(struct inbound_session *s, const char *buf, size_t 
 		}
 		case ST_BDAT: {
 			k = n < s->bdat_left ? n : (size_t)s->bdat_left;
+			s->content_rx += k;
 			if (!s->bdat_discard) {
 				bool done = false;
 				smtp_data_feed(&s->tx.dec, p, k, emit_content, s, &done);

@@ -40,6 +40,10 @@ struct inbound_params {
 	uint64_t size_max;
 	size_t rcpt_max;
 	size_t errors_max;
+	/* error replies after this many errors wait for INBOUND_DELAY (a tarpit,
+	 * like Postfix's smtpd_soft_error_limit); 0 = never delayed */
+	size_t errors_delay_after;
+	uint64_t header_max; /* octets of the client's header block; 0 = no limit */
 	const char *peer_ip;
 	bool relay_allowed; /* the client may send to other domains (relay_networks) */
 	uint64_t id;        /* session id, for logs and queue ids */
@@ -51,6 +55,7 @@ enum inbound_action {
 	INBOUND_STARTTLS, /* send the output (220), then start the TLS handshake */
 	INBOUND_STORE,    /* content complete: commit it, then inbound_session_store_done() */
 	INBOUND_CLOSE,    /* send the output, then close */
+	INBOUND_DELAY,    /* send the output, wait, then inbound_session_delay_done() */
 };
 
 struct inbound_session;
@@ -99,6 +104,18 @@ void inbound_session_envelope(const struct inbound_session *s, struct inbound_en
  * session answers "250 2.0.0 Ok: queued as ID"), else the 4xx to send.
  */
 void inbound_session_store_done(struct inbound_session *s, const struct smtp_reply *r);
+
+/*
+ * inbound_session_delay_done - the tarpit delay is over: the held error reply
+ * joins the output and input is consumed again
+ */
+void inbound_session_delay_done(struct inbound_session *s);
+
+/*
+ * inbound_session_content_octets - octets of DATA/BDAT content read so far in
+ * this session (a counter for the I/O layer's minimum data rate)
+ */
+uint64_t inbound_session_content_octets(const struct inbound_session *s);
 
 /* inbound_session_timeout - the I/O layer's timer fired: queue 421, close */
 void inbound_session_timeout(struct inbound_session *s);

@@ -12,6 +12,7 @@
 #include "outbound/delivery.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -54,7 +55,7 @@ struct pooled {
 	struct outbound_ctx *ctx;
 	struct bufferevent *bev;
 	struct outbound_session *sess;
-	char host[256], ip[INET6_ADDRSTRLEN], key[32];
+	char host[256], ip[INET6_ADDRSTRLEN], key[300];
 	uint16_t port;
 	char tls_desc[128];
 	const char *verified;
@@ -338,9 +339,22 @@ static void pool_timer_cb(evutil_socket_t fd, short what, void *arg)
 	evtimer_add(p->timer, &tv); /* bound the wait for the QUIT to leave */
 }
 
-static const char *conn_key(const struct outbound_delivery *d)
+/*
+ * conn_key - what a pooled connection was verified as: the method, and the
+ * recipient domain when the domain's own names took part in the check
+ * (DANE-TA, which accepts the next hop; [domain] match names). A connection
+ * is reused only where the same check would have passed (security-anchors
+ * §3.4, case 48; Exim test 5801).
+ */
+static void conn_key(const struct outbound_delivery *d, char *key, size_t len)
 {
-	return policy_method_name(d->method);
+	bool per_domain = d->dom != NULL && d->dom->match.n > 0;
+	if (d->method == POLICY_DANE && d->cur != NULL)
+		for (size_t i = 0; i < d->cur->n_tlsa; i++)
+			if (d->cur->tlsa[i].usage == 2) /* DANE-TA: names are checked */
+				per_domain = true;
+	snprintf(key, len, "%s%s%s", policy_method_name(d->method), per_domain ? " " : "",
+	         per_domain ? d->domain : "");
 }
 
 /* pool_put - keep d's idle, verified connection for the next message */
@@ -352,7 +366,7 @@ static void pool_put(struct outbound_delivery *d)
 	p->sess = d->sess;
 	snprintf(p->host, sizeof(p->host), "%s", d->host);
 	snprintf(p->ip, sizeof(p->ip), "%s", d->ip);
-	snprintf(p->key, sizeof(p->key), "%s", conn_key(d));
+	conn_key(d, p->key, sizeof(p->key));
 	snprintf(p->tls_desc, sizeof(p->tls_desc), "%s", d->tls_desc);
 	p->verified = d->verified;
 	p->port = d->port;
@@ -373,10 +387,12 @@ static void pool_put(struct outbound_delivery *d)
 /* pool_take - an idle connection to this host and address, or NULL */
 static struct pooled *pool_take(struct outbound_delivery *d)
 {
+	char key[sizeof(((struct pooled *)0)->key)];
+	conn_key(d, key, sizeof(key));
 	for (struct pooled **pp = &d->ctx->pool; *pp; pp = &(*pp)->next) {
 		struct pooled *p = *pp;
 		if (p->closing || strcmp(p->host, d->host) || strcmp(p->ip, d->ip) ||
-		    p->port != d->port || strcmp(p->key, conn_key(d)))
+		    p->port != d->port || strcmp(p->key, key))
 			continue;
 		*pp = p->next;
 		return p;
@@ -450,7 +466,23 @@ static void host_done(struct outbound_delivery *d)
 	next_addr(d);
 }
 
-static void pump_body(struct outbound_delivery *d)
+/*
+ * body_line_too_long - the body holds a line over 998 octets (only possible
+ * with [limits] text_line_length raised): it is never sent as is. The data
+ * queued so far has no end-of-data, so closing the connection leaves the MX
+ * nothing to deliver; every recipient left fails with a DSN that says why.
+ */
+static void body_line_too_long(struct outbound_delivery *d)
+{
+	log_info("event=body_refused id=%s mx=%s ip=%s reason=line_too_long max=%d", d->msg_id,
+	         d->host, d->ip, OUTBOUND_BODY_LINE_MAX);
+	finish(d, OUT_FAIL, 550, "5.6.0",
+	       "message has a line longer than 998 octets (RFC 5322 2.1.1); strictmx does "
+	       "not relay it, and does not fold or cut lines");
+}
+
+/* pump_body - returns false when d is gone (finished) */
+static bool pump_body(struct outbound_delivery *d)
 {
 	struct evbuffer *out = bufferevent_get_output(d->bev);
 	char in[16384], stuffed[OUTBOUND_STUFF_MAX(sizeof(in))];
@@ -464,7 +496,7 @@ static void pump_body(struct outbound_delivery *d)
 			        d->body_path, strerror(errno));
 			outbound_session_eof(d->sess);
 			d->body_sending = false;
-			return;
+			return true;
 		}
 		if (n == 0) {
 			size_t m = outbound_body_stuff_end(&d->stuffer, stuffed, sizeof(stuffed));
@@ -473,12 +505,17 @@ static void pump_body(struct outbound_delivery *d)
 			d->body_fd = -1;
 			d->body_sending = false;
 			outbound_session_body_done(d->sess);
-			return;
+			return true;
 		}
 		size_t m =
 		    outbound_body_stuff(&d->stuffer, in, (size_t)n, stuffed, sizeof(stuffed));
+		if (d->stuffer.too_long) {
+			body_line_too_long(d);
+			return false;
+		}
 		evbuffer_add(out, stuffed, m);
 	}
+	return true;
 }
 
 static void flush_output(struct outbound_delivery *d)
@@ -502,6 +539,18 @@ static void set_timeouts(struct outbound_delivery *d)
 	bufferevent_set_timeouts(d->bev, &tv, &tv);
 }
 
+/* ldh_name - letters, digits, '-' and '.' only: a name a certificate can hold
+ * as it is (a U-label domain is not one; tls_client_new_* would refuse it) */
+static bool ldh_name(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s != '\0'; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.')
+			return false;
+	return true;
+}
+
 /* start_tls - our STARTTLS is out: switch the socket to TLS */
 static void start_tls(struct outbound_delivery *d)
 {
@@ -522,11 +571,16 @@ static void start_tls(struct outbound_delivery *d)
 	char why[300] = "cannot set up TLS for this host name";
 	if (d->method == POLICY_DANE && d->cur) {
 		/* RFC 7672 §3.2.3: SNI and the primary name are the TLSA base
-		 * domain; the MX name as published is accepted too (§3.2.2) */
-		const char *names[1] = {d->cur->host};
-		size_t usable = 0;
-		ssl = tls_client_new_dane(d->ctx->tls, d->cur->tlsa_base, names,
-		                          strcmp(d->cur->host, d->cur->tlsa_base) ? 1 : 0,
+		 * domain; the MX name as published and, for DANE-TA, the
+		 * recipient domain (the next hop) are accepted too (§3.2.2) */
+		const char *names[2];
+		size_t n_names = 0, usable = 0;
+		if (strcmp(d->cur->host, d->cur->tlsa_base) != 0)
+			names[n_names++] = d->cur->host;
+		if (strcmp(d->domain, d->cur->tlsa_base) != 0 &&
+		    strcmp(d->domain, d->cur->host) != 0 && ldh_name(d->domain))
+			names[n_names++] = d->domain;
+		ssl = tls_client_new_dane(d->ctx->tls, d->cur->tlsa_base, names, n_names,
 		                          d->cur->tlsa, d->cur->n_tlsa, &usable, why, sizeof(why));
 	} else if (d->method == POLICY_ENCRYPT_ONLY) {
 		ssl = tls_client_new_encrypt_only(d->ctx->tls, d->host);
@@ -639,7 +693,8 @@ static void conn_process(struct outbound_delivery *d)
 				}
 				outbound_stuffer_init(&d->stuffer);
 				d->body_sending = true;
-				pump_body(d);
+				if (!pump_body(d))
+					return;
 			}
 			if (d->body_sending)
 				return; /* write_cb pumps the rest */
@@ -670,7 +725,8 @@ static void write_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	if (d->body_sending) {
-		pump_body(d);
+		if (!pump_body(d))
+			return;
 		if (!d->body_sending)
 			conn_process(d);
 	}

@@ -835,6 +835,8 @@ void outbound_stuffer_init(struct outbound_stuffer *st)
 {
 	st->mid_line = false;
 	st->pending_cr = false;
+	st->line_len = 0;
+	st->too_long = false;
 }
 
 size_t outbound_body_stuff(struct outbound_stuffer *st, const char *in, size_t len, char *out,
@@ -854,6 +856,7 @@ size_t outbound_body_stuff(struct outbound_stuffer *st, const char *in, size_t l
 			out[o++] = '\n';
 			st->pending_cr = false;
 			st->mid_line = false;
+			st->line_len = 0;
 			if (c == '\n')
 				continue;
 		}
@@ -866,12 +869,15 @@ size_t outbound_body_stuff(struct outbound_stuffer *st, const char *in, size_t l
 			out[o++] = '\r';
 			out[o++] = '\n';
 			st->mid_line = false;
+			st->line_len = 0;
 			continue;
 		}
 		if (c == '.' && !st->mid_line)
 			out[o++] = '.'; /* RFC 5321 §4.5.2 */
 		out[o++] = c;
 		st->mid_line = true;
+		if (++st->line_len > OUTBOUND_BODY_LINE_MAX)
+			st->too_long = true;
 	}
 	return o;
 }
@@ -890,5 +896,6 @@ size_t outbound_body_stuff_end(struct outbound_stuffer *st, char *out, size_t ou
 	}
 	st->pending_cr = false;
 	st->mid_line = false;
+	st->line_len = 0;
 	return o;
 }

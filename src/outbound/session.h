@@ -144,7 +144,21 @@ bool outbound_session_host_error(const struct outbound_session *s, const char **
 struct outbound_stuffer {
 	bool mid_line;   /* something other than a line end was written last */
 	bool pending_cr; /* a CR was written; its LF is not yet */
+	size_t line_len; /* octets of the current line, without stuffing */
+	bool too_long;   /* a line had more than OUTBOUND_BODY_LINE_MAX octets */
 };
+
+/*
+ * RFC 5322 §2.1.1: a line MUST be at most 998 characters without its CRLF
+ * (RFC 5321 §4.5.3.1.6: 1000 with it, the transparency dot not counted). A
+ * queued body can hold longer lines only when [limits] text_line_length was
+ * raised above 1000. Such a body is not relayed: the stuffer sets too_long
+ * and the caller stops before sending that data. Folding is not done: a
+ * CRLF inserted into a body line changes the content (and breaks DKIM
+ * signatures and encoded parts) without the sender knowing; a bounce that
+ * says why is the honest answer.
+ */
+#define OUTBOUND_BODY_LINE_MAX 998
 
 /* the most output one call can produce for len bytes of input */
 #define OUTBOUND_STUFF_MAX(len) (2 * (len) + 2)

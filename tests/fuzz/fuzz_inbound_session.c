@@ -177,6 +177,12 @@ static void pump(struct fuzz *f)
 			check(inbound_session_input(f->s, "QUIT\r\n", 6) == 0);
 			f->closed = true;
 			return;
+		case INBOUND_DELAY:
+			/* a pending delay consumes nothing */
+			if (f->pend_len > 0)
+				check(inbound_session_input(f->s, f->pend, f->pend_len) == 0);
+			inbound_session_delay_done(f->s);
+			break;
 		}
 	}
 }
@@ -212,6 +218,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.size_max = 4096;
 	p.rcpt_max = 5;
 	p.errors_max = 10;
+	p.errors_delay_after = 5; /* the tarpit's held replies */
+	p.header_max = 2048;      /* under size_max: both refusals are reachable */
 	p.peer_ip = "192.0.2.1";
 	p.id = 0x1234;
 	p.sink.ctx = &f.sink;

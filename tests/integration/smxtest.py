@@ -11,6 +11,7 @@ a condition; the daemon runs in a fresh temporary directory per Daemon object.
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -387,6 +388,72 @@ class Client:
             lines.append(line[:-2].decode("utf-8", "replace"))
             if m.group(2) == b" ":
                 return Reply(lines)
+
+    def _take_reply(self):
+        """One complete reply from the buffer, or None; never reads."""
+        lines, pos = [], 0
+        while True:
+            j = self.buf.find(b"\r\n", pos)
+            if j < 0:
+                return None
+            line = self.buf[pos:j + 2]
+            m = REPLY_LINE_RE.match(line)
+            if not m:
+                raise AssertionError("malformed reply line %r (so far %r)" % (line, lines))
+            lines.append(line[:-2].decode("utf-8", "replace"))
+            pos = j + 2
+            if m.group(2) == b" ":
+                self.buf = self.buf[pos:]
+                return Reply(lines)
+
+    def send_reading(self, data, n, timeout=60.0, stop=None, on_reply=None):
+        """Write data while reading replies, on one thread (an SSL socket must not be
+        read and written by two threads at once), until n replies came, or stop(reply)
+        is true, or the server closed. The server may answer (and stop reading while
+        its replies wait) before it has read everything. Returns the replies."""
+        out, sent = [], 0
+        deadline = time.monotonic() + timeout
+        self.transcript.append(("C", data))
+        self.sock.setblocking(False)
+        try:
+            while len(out) < n:
+                if time.monotonic() > deadline:
+                    raise socket.timeout("send_reading: %d of %d replies, %d of %d bytes "
+                                         "sent" % (len(out), n, sent, len(data)))
+                pending = self.tls and self.sock.pending()
+                wl = [self.sock] if sent < len(data) else []
+                rl, wl, _ = select.select([self.sock], wl, [], 0 if pending else 0.5)
+                if wl:
+                    try:
+                        sent += self.sock.send(data[sent:sent + 65536])
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                        pass
+                if rl or pending:
+                    try:
+                        d = self.sock.recv(65536)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        continue
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError,
+                            BrokenPipeError):
+                        d = b""
+                    if not d:
+                        raise Closed("connection closed by server; pending %r"
+                                     % self.buf[-300:], self.buf)
+                    self.transcript.append(("S", d))
+                    self.buf += d
+                while len(out) < n:
+                    r = self._take_reply()
+                    if r is None:
+                        break
+                    out.append(r)
+                    if on_reply:
+                        on_reply(len(out))
+                    if stop and stop(r):
+                        return out
+            return out
+        finally:
+            self.sock.setblocking(True)
+            self.sock.settimeout(self.timeout)
 
     def cmd(self, line, timeout=None):
         if isinstance(line, str):

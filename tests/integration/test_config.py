@@ -85,6 +85,9 @@ timeout_command = 2
 timeout_data = 2
 timeout_tls = 2
 errors = 3
+min_data_rate = 1K
+error_delay = 2s
+header_size = 64K
 
 [listener "127.0.0.1:%d"]
 require_tls = no
@@ -120,6 +123,16 @@ require_tls = no
     def test_bad_size(self):
         self.assert_error_at(BASE + "\n[limits]\nrecipients = 3\nmessage_size = 12Q\n",
                              "message_size = 12Q")
+
+    def test_valid_limits_off(self):
+        self.assert_valid(BASE + "\n[limits]\nmin_data_rate = 0\nerror_delay = 0\n"
+                                 "header_size = 0\n")
+
+    def test_bad_new_limits(self):
+        for line in ("min_data_rate = fast", "min_data_rate = 2G", "error_delay = -1",
+                     "error_delay = 2m", "header_size = 100", "header_size = 2G"):
+            with self.subTest(line=line):
+                self.assert_error_at(BASE + "\n[limits]\nerrors = 3\n%s\n" % line, line)
 
     def test_syntax_no_equals(self):
         self.assert_error_at(BASE + "this is not a key value line\n", "this is not a key")

@@ -31,6 +31,16 @@ Case -> domain -> MX (address, PostfixMX tls variant) -> records:
   dane+sts     danests.lab       mx1 .76 selfsigned  TLSA 3 1 1; MTA-STS enforce (mx1)
   cname        cname.lab         MX 10 mx -> CNAME real.cname.lab (A .77, valid cert for
                                  real.cname.lab); TLSA at _25._tcp.real.cname.lab 3 1 1
+  ee-mismatch-single danemisone.lab  MX 10 mx1.danemis.lab only (the mis1 host: PKIX-valid,
+                                 TLSA of another key): defer 4.7.5, never PKIX
+  bogus-one-of-two tlsabogustwo.lab  MX 10 mx1.tlsabogus.lab (TLSA bogus), MX 20
+                                 mx1.daneee.lab (TLSA 3 1 1 match): the first is skipped
+  ta-recipient-domain danetadom.lab  mx1 127.0.4.36 valid, certificate for danetadom.lab
+                                 only (the recipient domain); TLSA 2 0 1 (TestCA)
+Submitted by their tests (issue 6): danetadom2.lab and tadominsecure.lab (unsigned) with
+MX mx1.danetadom.lab, eeinsecure.lab (unsigned) with MX mx1.daneee.lab: connection
+reuse; snidane.lab (MX mx CNAME xn--bcher-kva, TLSA 3 1 1) and snists.lab (MX mx CNAME
+real, MTA-STS enforce for mx.snists.lab) on SniMX 127.0.4.37:25, which records SNI.
 
 Expected results follow the spec of issue 4 (log keys: `event=delivery ... verified=dane|
 mta-sts|pkix result=...`, `event=result ... result=delivered|deferred|failed detail="..."`;
@@ -45,6 +55,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -94,6 +106,7 @@ MXS = {
     "tst2": ("127.0.0.75", "valid", "mx2.ststesting.lab"),
     "danests": ("127.0.0.76", "selfsigned", "mx1.danests.lab"),
     "cname": ("127.0.0.77", "valid", "real.cname.lab"),
+    "ta-dom": ("127.0.4.36", "valid", "danetadom.lab"),  # SAN = the recipient domain
 }
 
 # Each case: domain; expected strictmx outcome; the MX (key) that must get the message
@@ -173,7 +186,107 @@ CASES = {
                   via_name="mx.cname.lab",
                   plan={"mx.cname.lab": "dane"}, tlsa_base={"mx.cname.lab": "real.cname.lab"},
                   ptf=[("cname", "mx.cname.lab", "dane", "verified", True)]),
+    # security-anchors §8 cases 34, 39, 36 (issue 6)
+    "ee-mismatch-single": dict(domain="danemisone.lab", expect="deferred", via=None,
+                               status="4.7.5", untouched=["mis1"],
+                               plan={"mx1.danemis.lab": "dane"},
+                               ptf=[("mis1", "mx1.danemis.lab", "dane", "fail", True)]),
+    "bogus-one-of-two": dict(domain="tlsabogustwo.lab", expect="delivered", via="ee",
+                             verified="dane", no_connect=["bogus"],
+                             plan={"mx1.tlsabogus.lab": "defer", "mx1.daneee.lab": "dane"},
+                             ptf=[("bogus", "mx1.tlsabogus.lab", "dane", "tlsa-error", True),
+                                  ("ee", "mx1.daneee.lab", "dane", "verified", True)]),
+    # posttls-finger "[host]:25" has no recipient domain to match: no cross-check
+    "ta-recipient-domain": dict(domain="danetadom.lab", expect="delivered", via="ta-dom",
+                                via_name="mx1.danetadom.lab", verified="dane",
+                                plan={"mx1.danetadom.lab": "dane"}, ptf=[]),
 }
+
+SNI_ADDR = "127.0.4.37"
+SNI_NAMES = ["xn--bcher-kva.snidane.lab", "mx.snists.lab"]  # the certificate's SANs
+
+
+class SniMX:
+    """A minimal SMTP MX on SNI_ADDR:25 that records the SNI of every STARTTLS
+    handshake and takes every message (250). One thread per connection, bounded
+    timeouts; stop() closes the listener."""
+
+    def __init__(self, crt, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(crt, key)
+        self.ctx.sni_callback = self._sni
+        self.sni = []      # every SNI seen (None: none sent), in order
+        self.messages = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((SNI_ADDR, 25))
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _sni(self, sslobj, name, ctx):
+        with self.lock:
+            self.sni.append(name)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(20)
+        f = None
+        try:
+            c.sendall(b"220 sni.lab ESMTP\r\n")
+            f = c.makefile("rb")
+            tls = False
+            while True:
+                line = f.readline(4096)
+                if not line:
+                    return
+                cmd = line.strip().upper()
+                if cmd.startswith(b"EHLO"):
+                    c.sendall(b"250-sni.lab\r\n" + (b"" if tls else b"250-STARTTLS\r\n")
+                              + b"250 8BITMIME\r\n")
+                elif cmd == b"STARTTLS" and not tls:
+                    c.sendall(b"220 go ahead\r\n")
+                    f.close()
+                    c = self.ctx.wrap_socket(c, server_side=True)
+                    f = c.makefile("rb")
+                    tls = True
+                elif cmd == b"DATA" and tls:
+                    c.sendall(b"354 go\r\n")
+                    body = b""
+                    while not body.endswith(b"\r\n.\r\n"):
+                        chunk = f.readline(65536)
+                        if not chunk:
+                            return
+                        body += chunk
+                    with self.lock:
+                        self.messages.append(body)
+                    c.sendall(b"250 2.0.0 taken\r\n")
+                elif cmd == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                elif tls and (cmd.startswith(b"MAIL") or cmd.startswith(b"RCPT")
+                              or cmd == b"RSET" or cmd == b"NOOP"):
+                    c.sendall(b"250 ok\r\n")
+                else:
+                    c.sendall(b"503 no\r\n")
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            if f is not None:
+                f.close()
+            c.close()
+
+    def stop(self):
+        self.sock.close()
+
 
 # posttls-finger verdicts as strictmx decisions: the MX-level decision strictmx must make
 # for the same host ("deliver" = authenticated TLS, then mail; "refuse" = not to this MX)
@@ -189,13 +302,18 @@ class Bed:
         self.ca = TestCA()
         self.cleanups.append(self.ca.close)
         self.other_crt, _ = self.ca.leaf("other-key.lab", ["other-key.lab"])
+        self.sni_crt, sni_key = self.ca.leaf(SNI_NAMES[0], SNI_NAMES)
+        self.sni_mx = SniMX(self.sni_crt, sni_key)
+        self.cleanups.append(self.sni_mx.stop)
         self.mx = {}
         for key, (addr, tls, host) in MXS.items():
             self.mx[key] = PostfixMX(addr, self.ca, tls=tls, host=host)
         self.cleanups.append(self._stop_mxs)  # also removes the scratch dirs
         self.tlsa = {}  # owner (fqdn) -> [rdata]
         self.zones = self._zones()
-        self.dns = DnsBed(self.zones, signed=True, unsigned=["tlsainsecure.lab."],
+        self.dns = DnsBed(self.zones, signed=True,
+                          unsigned=["tlsainsecure.lab.", "tadominsecure.lab.",
+                                    "eeinsecure.lab."],
                           bogus=[("tlsabogus.lab.", "_25._tcp.mx1.tlsabogus.lab.", "TLSA")])
         self.dns.start()
         self.cleanups.append(self.dns.stop)
@@ -220,6 +338,7 @@ class Bed:
             "mta-sts.stsenforce.lab": policy_text("enforce", ["mx1.stsenforce.lab"]),
             "mta-sts.ststesting.lab": policy_text("testing", ["mx1.ststesting.lab"]),
             "mta-sts.danests.lab": policy_text("enforce", ["mx1.danests.lab"]),
+            "mta-sts.snists.lab": policy_text("enforce", ["mx.snists.lab"]),
         }
         self.nginx = NginxHTTPS(STS_ADDR, self.ca, {
             h: {"/.well-known/mta-sts.txt": ("text/plain", t)}
@@ -301,6 +420,24 @@ class Bed:
                                 extra=sts())
         z["cname.lab."] = ["@ MX 10 mx", "mx CNAME real", "real A %s" % MXS["cname"][0],
                            tl("_25._tcp.real.cname.lab.", tlsa_rdata(leaf("cname"), 3, 1, 1))]
+        z["danemisone.lab."] = ["@ MX 10 mx1.danemis.lab."]
+        z["tlsabogustwo.lab."] = ["@ MX 10 mx1.tlsabogus.lab.", "@ MX 20 mx1.daneee.lab."]
+        z["danetadom.lab."] = ["@ MX 10 mx1", "mx1 A %s" % MXS["ta-dom"][0],
+                               tl("_25._tcp.mx1.danetadom.lab.",
+                                  tlsa_rdata(self.ca.ca_cert, 2, 0, 1))]
+        # case 48: other destinations on the same MX host (DANE-TA, and PKIX through an
+        # insecure MX RRset); the certificate names neither of them
+        z["danetadom2.lab."] = ["@ MX 10 mx1.danetadom.lab."]
+        z["tadominsecure.lab."] = ["@ MX 10 mx1.danetadom.lab."]
+        # ... and the reverse: PKIX (insecure MX RRset) to the DANE host mx1.daneee.lab
+        z["eeinsecure.lab."] = ["@ MX 10 mx1.daneee.lab."]
+        # case 46: SNI. DANE through a CNAME to an A-label name: the TLSA base domain;
+        # MTA-STS through a CNAME: the MX host name as published, not the expansion
+        z["snidane.lab."] = ["@ MX 10 mx", "mx CNAME xn--bcher-kva",
+                             "xn--bcher-kva A %s" % SNI_ADDR,
+                             tl("_25._tcp.xn--bcher-kva.snidane.lab.",
+                                tlsa_rdata(self.sni_crt, 3, 1, 1))]
+        z["snists.lab."] = ["@ MX 10 mx", "mx CNAME real", "real A %s" % SNI_ADDR] + sts()
         return z
 
     # -- strictmx --
@@ -596,6 +733,8 @@ class TestDelivery(BedCase):
             self.assertIsNotNone(line, "no result line for %s; log:\n%s"
                                  % (rcpt, log_for(d, mid, rcpt)))
             self.assertRegex(line, r"\bresult=%s\b" % c["expect"])
+            if "status" in c:
+                self.assertRegex(line, r"\bstatus=%s\b" % re.escape(c["status"]))
             # a retry (retry_min = 1) gets the chance to go wrong too
             smxtest.poll(lambda: len(result_lines(d, rcpt)) >= 2, 10, 0.2)
             for ln in result_lines(d, rcpt) + delivery_lines(d, rcpt):
@@ -634,6 +773,90 @@ class TestDelivery(BedCase):
 
     def test_ta_right_name(self):
         self.check("ta")
+
+    def test_ee_mismatch_single_mx_defers_4_7_5(self):
+        # case 34: the only MX does not match its TLSA record: 451 4.7.5, and the
+        # certificate, PKIX-valid for mx1.danemis.lab, is never accepted by PKIX
+        line = self.check("ee-mismatch-single")
+        self.assertRegex(line, r"TLSA records do not match the certificate of "
+                               r"mx1\.danemis\.lab")
+        rcpt = self.bed.msg["ee-mismatch-single"][0]
+        self.assertEqual(delivery_lines(self.bed.daemon, rcpt), [])  # no RCPT was sent
+        for ln in result_lines(self.bed.daemon, rcpt):  # the first attempt and the retry
+            self.assertRegex(ln, r"\bresult=deferred status=4\.7\.5\b")
+
+    def test_tlsa_bogus_one_mx_of_two_skipped(self):
+        # case 39: the TLSA lookup of the first MX fails: that host is skipped (never
+        # contacted), the second, DANE-verified, takes the message
+        self.check("bogus-one-of-two")
+
+    def test_ta_recipient_domain_name(self):
+        # case 36: under DANE-TA, a certificate for the recipient domain (not the MX
+        # name) is accepted (RFC 7672 §3.2.2; Postfix: "nexthop, hostname")
+        self.check("ta-recipient-domain")
+
+    def test_sni_dane_and_mta_sts(self):
+        # case 46: a test MX records the SNI of each handshake. Under DANE it is the
+        # TLSA base domain (the CNAME expansion, an A-label); under MTA-STS the MX
+        # host name as published (RFC 8461 §4.2 / Postfix), not the expansion
+        d, mx = self.bed.daemon, self.bed.sni_mx
+        for rcpt, sni, verified in (("user@snidane.lab", "xn--bcher-kva.snidane.lab", "dane"),
+                                    ("user@snists.lab", "mx.snists.lab", "mta-sts")):
+            with mx.lock:
+                seen = len(mx.sni)
+            mid = swaks_submit(d.port, rcpt, "sni-" + rcpt)
+            line = wait_result(d, rcpt, "delivered", DELIVERY_BOUND)
+            self.assertIsNotNone(line, log_for(d, mid, rcpt))
+            dl = [ln for ln in delivery_lines(d, rcpt) if "result=delivered" in ln]
+            self.assertTrue(dl, log_for(d, mid, rcpt))
+            self.assertRegex(dl[0], r"\bverified=%s\b" % verified)
+            with mx.lock:
+                self.assertEqual(mx.sni[seen:], [sni], mx.sni)
+                self.assertTrue([m for m in mx.messages if ("sni-" + rcpt).encode() in m])
+
+    def test_reuse_only_when_the_new_destination_verifies(self):
+        # case 48 (Exim 5801): right after a DANE-TA delivery to danetadom.lab, whose
+        # certificate names only danetadom.lab, mail for two other domains with the
+        # same MX host: DANE-TA for danetadom2.lab, PKIX (insecure MX) for
+        # tadominsecure.lab. The idle verified connection must not carry either:
+        # both defer, the MX never sees them.
+        d, mx = self.bed.daemon, self.bed.mx["ta-dom"]
+        self.check("ta-recipient-domain")
+        mid = swaks_submit(d.port, "again@danetadom.lab", "dane-reuse-first")
+        line = wait_result(d, "again@danetadom.lab", "delivered", DELIVERY_BOUND)
+        self.assertIsNotNone(line, log_for(d, mid, "again@danetadom.lab"))
+        # now, within the pool's idle time (5 s)
+        others = {"user@danetadom2.lab": "dane-reuse-other-ta",
+                  "user@tadominsecure.lab": "dane-reuse-other-pkix"}
+        for rcpt, subject in others.items():
+            swaks_submit(d.port, rcpt, subject)
+        for rcpt, subject in others.items():
+            line = wait_result(d, rcpt, None, RESULT_BOUND)
+            self.assertIsNotNone(line, d.log_text()[-4000:])
+            self.assertRegex(line, r"\bresult=deferred\b")
+            self.assertRegex(line, r"certificate name does not match mx1\.danetadom\.lab")
+            for ln in result_lines(d, rcpt) + delivery_lines(d, rcpt):
+                self.assertNotRegex(ln, r"\bresult=delivered\b")
+            self.assertFalse([x for x in mx.messages() if subject.encode() in x],
+                             "%s was delivered over a reused connection" % rcpt)
+
+    def test_reuse_pkix_then_dane(self):
+        # case 48, the reverse: a PKIX-verified connection to mx1.daneee.lab (the MX
+        # RRset of eeinsecure.lab is insecure) is not reused for daneee.lab, where
+        # DANE must verify: the second delivery says verified=dane, on its own
+        d = self.bed.daemon
+        self.check("ee")
+        mid = swaks_submit(d.port, "user@eeinsecure.lab", "pkix-then-dane-first")
+        line = wait_result(d, "user@eeinsecure.lab", "delivered", DELIVERY_BOUND)
+        self.assertIsNotNone(line, log_for(d, mid, "user@eeinsecure.lab"))
+        dl = [ln for ln in delivery_lines(d, "user@eeinsecure.lab") if "delivered" in ln]
+        self.assertRegex(dl[0], r"\bmx=mx1\.daneee\.lab .*\bverified=pkix\b")
+        mid2 = swaks_submit(d.port, "again@daneee.lab", "pkix-then-dane-second")
+        line = wait_result(d, "again@daneee.lab", "delivered", DELIVERY_BOUND)
+        self.assertIsNotNone(line, log_for(d, mid2, "again@daneee.lab"))
+        dl = [ln for ln in delivery_lines(d, "again@daneee.lab") if "delivered" in ln]
+        self.assertRegex(dl[0], r"\bverified=dane\b")
+        self.assertNotRegex(d.log_text(), r"event=conn_reused id=%s " % re.escape(mid2))
 
     def test_ta_wrong_name(self):
         line = self.check("ta-wrongname")

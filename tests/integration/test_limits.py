@@ -213,6 +213,65 @@ class Errors(Base):
         self.assertEqual(replies[:n], [TLS_FIRST] * n)
 
 
+class ErrorDelay(Base):
+    """I.61: after 10 error replies each further error reply waits error_delay (a tarpit like
+    Postfix's smtpd_soft_error_limit / smtpd_error_sleep_time); good replies do not wait, and
+    the wait is a timer: the loop serves other sessions meanwhile."""
+
+    DELAY = 2
+
+    def timed(self, c, line):
+        t0 = time.monotonic()
+        r = c.cmd(line, CLOSE_BOUND)
+        return r, time.monotonic() - t0
+
+    def test_errors_after_ten_are_delayed(self):
+        d = self.daemon(limits={"errors": 20, "error_delay": self.DELAY},
+                        server={"threads": 1})
+        c = self.client(d.port)
+        c.ehlo()
+        for i in range(10):
+            r, dt = self.timed(c, "XYZZY%d" % i)
+            self.assertEqual(r.code, 500, r)
+            self.assertLess(dt, 1.0, "error %d delayed (%.2fs)" % (i + 1, dt))
+        r, dt = self.timed(c, "XYZZY10")
+        self.assertEqual(str(r), "500 5.5.2 Error: command not recognized")
+        self.assertGreaterEqual(dt, self.DELAY - 0.1, "11th error not delayed (%.2fs)" % dt)
+        r, dt = self.timed(c, "NOOP")
+        self.assertEqual(r.code, 250, r)
+        self.assertLess(dt, 1.0, "a good reply was delayed (%.2fs)" % dt)
+        # while this session waits, another one on the same (single) loop is served
+        c.send(b"XYZZY11\r\n")
+        t0 = time.monotonic()
+        other = self.client(d.port)
+        self.assertEqual(other.cmd("NOOP", CLOSE_BOUND).code, 250)
+        self.assertLess(time.monotonic() - t0, 1.0, "the loop was blocked by the delay")
+        r = c.read_reply(CLOSE_BOUND)
+        self.assertEqual(r.code, 500, r)
+        self.assertGreaterEqual(time.monotonic() - t0, self.DELAY - 0.1)
+        # the errors limit still cuts at its count, with 421
+        replies = []
+        for i in range(12, 25):
+            try:
+                r = c.cmd("XYZZY%d" % i, CLOSE_BOUND + self.DELAY)
+            except (smxtest.Closed, OSError):
+                break
+            replies.append(str(r))
+            if r.code == 421:
+                break
+        self.assertTrue(replies and replies[-1].startswith("421 4.7.0"), replies)
+        self.assertEqual(len(replies), 20 - 12 + 1, replies)
+
+    def test_error_delay_off(self):
+        d = self.daemon(limits={"errors": 20, "error_delay": 0})
+        c = self.client(d.port)
+        c.ehlo()
+        t0 = time.monotonic()
+        for i in range(15):
+            self.assertEqual(c.cmd("XYZZY%d" % i, CLOSE_BOUND).code, 500)
+        self.assertLess(time.monotonic() - t0, 3.0)
+
+
 class Connections(Base):
     def _greet(self, port, source=None):
         c = Client(port, read_greeting=False, source=source)
@@ -337,6 +396,87 @@ class Timeouts(Base):
         dt = time.monotonic() - t0
         self.assertTrue(closed, "a client trickling one byte per second was kept for %.0fs" % dt)
         self.assertTrue([l for l in lines if l.startswith("421 4.4.2")], lines)
+
+
+class MinDataRate(Base):
+    """I.59: [limits] min_data_rate (like Postfix's smtpd_min_data_rate). Inside DATA or a
+    BDAT chunk the deadline moves forward only by octets/rate seconds per read (never more
+    than timeout_data ahead): a client trickling content is cut off, although it is never
+    idle for timeout_data; a client at a normal speed is not."""
+
+    LIMITS = {"timeout_data": 3, "timeout_command": 30, "min_data_rate": 500}
+
+    def trickle(self, c, payload, bound):
+        """Send payload one byte a second (waiting for a close meanwhile, not sleeping)
+        until the server closes or bound seconds pass. Returns (closed, lines, seconds)."""
+        t0 = time.monotonic()
+        lines = []
+        closed = False
+        for i in range(len(payload)):
+            if time.monotonic() - t0 > bound:
+                break
+            try:
+                c.send(payload[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            data, closed = c.read_until_closed(1.0)
+            lines += data.decode("latin-1").split("\r\n")
+            if closed:
+                break
+        return closed, lines, time.monotonic() - t0
+
+    def begin(self, d):
+        c = self.tls(d)
+        self.assertEqual(c.mail("sender@client.example").code, 250)
+        self.assertEqual(c.rcpt("u@example.org").code, 250)
+        return c
+
+    def test_trickling_data_cut_off(self):
+        d = self.daemon(limits=self.LIMITS)
+        c = self.begin(d)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        closed, lines, dt = self.trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 100, 20)
+        self.assertTrue(closed, "a client sending 1 octet/s in DATA was kept for %.0fs" % dt)
+        self.assertTrue([l for l in lines if l.startswith("421 4.4.2 ")], lines)
+        self.assertGreaterEqual(dt, 2, "cut off before timeout_data (%.1fs)" % dt)
+        self.assertLessEqual(dt, 8, "cut off too late (%.1fs)" % dt)
+        self.assertTrue(d.wait_log(r"event=timeout .*phase=data reason=min_data_rate octets=\d+"),
+                        d.log_text()[-2000:])
+        self.assertEqual(d.all_mail_files(), [])
+
+    def test_trickling_bdat_cut_off(self):
+        d = self.daemon(limits=self.LIMITS)
+        c = self.begin(d)
+        c.send(b"BDAT 100 LAST\r\n")
+        closed, lines, dt = self.trickle(c, b"y" * 100, 20)
+        self.assertTrue(closed, "a client sending 1 octet/s in BDAT was kept for %.0fs" % dt)
+        self.assertTrue([l for l in lines if l.startswith("421 4.4.2 ")], lines)
+        self.assertLessEqual(dt, 8, "cut off too late (%.1fs)" % dt)
+        self.assertEqual(d.all_mail_files(), [])
+
+    def test_trickling_kept_without_rate(self):
+        """min_data_rate = 0: the old rule, each octet restarts timeout_data (so the rate is
+        what cuts the trickling clients above)."""
+        d = self.daemon(limits=dict(self.LIMITS, min_data_rate=0))
+        c = self.begin(d)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        closed, lines, dt = self.trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 7, 7)
+        self.assertFalse(closed, "closed after %.1fs although never idle: %r" % (dt, lines))
+        c.send(b"\r\n.\r\n")
+        r = c.read_reply(CLOSE_BOUND)
+        self.assertRegex(str(r), QUEUED_RE)
+
+    def test_normal_speed_mebibyte(self):
+        """1 MiB at loopback speed, with the same limits: accepted."""
+        d = self.daemon(limits=self.LIMITS)
+        c = self.begin(d)
+        body = ["%07d " % i + "z" * 70 for i in range((1 << 20) // 79 + 1)]
+        t0 = time.monotonic()
+        r = c.data(smxtest.simple_message("a mebibyte", body), 30)
+        self.assertRegex(str(r), QUEUED_RE, "after %.1fs" % (time.monotonic() - t0))
+        files = d.wait_mail("example.org", "u", 1)
+        self.assertGreater(os.path.getsize(files[0]), 1 << 20)
 
 
 class PlainListener(Base):

@@ -85,9 +85,24 @@ ZONES = {
                       "_25._tcp.mx2 TLSA 3 1 1 " + H],
     "encrypt.lab.": ["@ MX 10 mx", "@ MX 20 mx2", "mx A 127.0.0.45", "mx2 A 127.0.0.46",
                      "_25._tcp.mx2 TLSA 3 1 1 " + H],
+    # security-anchors §8 F (issue 6)
+    # 41: dane-only, TLSA in an unsigned zone
+    "daneonlyins.lab.": ["@ MX 10 mx", "mx A 127.0.0.47", "_25._tcp.mx TLSA 3 1 1 " + H],
+    # 42: MX secure, host A in an unsigned zone; its TLSA names are delegated to a
+    # name server that does not exist, so a TLSA query would fail (and defer the MX)
+    "hostins.lab.": ["@ MX 10 mx.hostunsigned.lab."],
+    "hostunsigned.lab.": ["mx A 127.0.0.49", "_tcp.mx NS ns.does-not-exist.lab."],
+    # ... the same trap under a secure host: the query is sent, and defers
+    "hosttrap.lab.": ["@ MX 10 mx", "mx A 127.0.0.50", "_tcp.mx NS ns.does-not-exist.lab."],
+    # 43: MX insecure (unsigned zone), MX host, A and TLSA secure (dane.lab)
+    "mxinsecure.lab.": ["@ MX 10 mx1.dane.lab."],
+    # 45: CNAME'd MX host, TLSA at the expanded name bogus, a good one at the original
+    "cnamefail.lab.": ["@ MX 10 mx", "mx CNAME real", "real A 127.0.0.51",
+                       "_25._tcp.real TLSA 3 1 1 " + H, "_25._tcp.mx TLSA 3 1 1 " + H],
 }
-UNSIGNED = ["insecure.lab."]
-BOGUS = [("bogustlsa.lab.", "_25._tcp.mx.bogustlsa.lab.", "TLSA")]
+UNSIGNED = ["insecure.lab.", "daneonlyins.lab.", "hostunsigned.lab.", "mxinsecure.lab."]
+BOGUS = [("bogustlsa.lab.", "_25._tcp.mx.bogustlsa.lab.", "TLSA"),
+         ("cnamefail.lab.", "_25._tcp.real.cnamefail.lab.", "TLSA")]
 
 POLICIES = {
     "sts.lab": ("text/plain",
@@ -241,6 +256,7 @@ class PolicyTest(unittest.TestCase):
                 "trust_anchor = %s" % cls.bed.trust_anchor_file, "",
                 "[outbound]", "ca_file = %s" % cls.ca.ca_file, "",
                 '[domain "daneonly.lab"]', "tls = dane-only", "",
+                '[domain "daneonlyins.lab"]', "tls = dane-only", "",
                 '[domain "encrypt.lab"]', "tls = encrypt-only", ""]))
 
     @classmethod
@@ -439,6 +455,78 @@ class PolicyTest(unittest.TestCase):
         p = self.policy("encrypt.lab")
         self.assertEqual(self.mx(p, "mx.encrypt.lab")["method"], "encrypt-only")
         self.assertEqual(self.mx(p, "mx2.encrypt.lab")["method"], "dane")
+
+    # ---- security-anchors §8 F, issue 6 ----
+
+    def test_dane_only_insecure_tlsa_skips(self):
+        # case 41: TLSA records without DNSSEC are ignored; with dane-only nothing
+        # else may be used, so every MX is skipped (the message waits)
+        p = self.policy("daneonlyins.lab")
+        self.assertTrue(p["dane_only"])
+        self.assertEqual(p["mx_sec"], "insecure")
+        m = self.mx(p, "mx.daneonlyins.lab")
+        self.assertEqual(m["method"], "skip", m)
+        self.assertEqual(m["tlsa"], [])
+        self.assertIn("dane-only: no usable TLSA", m["why"])
+
+    def test_host_address_insecure_no_tlsa_query(self):
+        # case 42: a TLSA query for this host would fail (its _tcp names are delegated
+        # to a name server that does not exist) and defer it; pkix shows it was not sent
+        p = self.policy("hostins.lab")
+        self.assertEqual(p["mx_sec"], "secure")
+        m = self.mx(p, "mx.hostunsigned.lab")
+        self.assertEqual(m["addr_sec"], "insecure")
+        self.assertEqual(m["method"], "pkix", m)
+        self.assertEqual(m["why"], "MX secure, A/AAAA insecure: no DANE")
+        self.assertEqual(m["tlsa"], [])
+        # the trap works: under a secure host address the query is sent and defers
+        m = self.mx(self.policy("hosttrap.lab"), "mx.hosttrap.lab")
+        self.assertEqual(m["addr_sec"], "secure")
+        self.assertEqual(m["method"], "defer", m)
+        self.assertIn("TLSA lookup failed for mx.hosttrap.lab", m["why"])
+
+    def test_mx_insecure_host_and_tlsa_secure(self):
+        # case 43: the MX RRset is insecure, the host (mx1.dane.lab) and its TLSA are
+        # secure. strictmx's choice (src/policy/policy.c, RFC 7672 §2.2.1): the MX
+        # name is unauthenticated, so no DANE; PKIX against the MX name is required
+        p = self.policy("mxinsecure.lab")
+        self.assertEqual(p["mx_sec"], "insecure")
+        m = self.mx(p, "mx1.dane.lab")
+        self.assertEqual(m["addr_sec"], "secure")
+        self.assertEqual(m["method"], "pkix", m)
+        self.assertEqual(m["why"], "MX insecure: no DANE")
+        self.assertEqual(m["tlsa"], [])
+
+    def test_cname_expanded_tlsa_bogus_defers(self):
+        # case 45: the lookup at the expanded name fails: defer, and no fallback to
+        # the (good) records at the original name
+        p = self.policy("cnamefail.lab")
+        m = self.mx(p, "mx.cnamefail.lab")
+        self.assertEqual(m["method"], "defer", m)
+        self.assertIn("TLSA lookup bogus for real.cnamefail.lab", m["why"])
+        self.assertEqual(m["tlsa"], [])
+
+    def test_dane_only_without_trust_anchor(self):
+        # case 49: with no trust anchor nothing validates, so nothing is DANE: a
+        # dane-only destination gets no MX at all (no unauthenticated delivery)
+        conf = os.path.join(self.tmp, "no-anchor.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join([
+                "[server]", "data_dir = %s" % self.data_dir, "",
+                "[dns]", "stub = %s" % self.bed.stub, "",
+                "[outbound]", "ca_file = %s" % self.ca.ca_file, "",
+                '[domain "daneonly.lab"]', "tls = dane-only", ""]))
+        r = subprocess.run([STRICTMX, "-c", conf, "policy", "daneonly.lab", "--json"],
+                           capture_output=True, text=True, timeout=90)
+        for mk in SANITIZER_MARKERS:
+            self.assertNotIn(mk, r.stderr)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        p = json.loads(r.stdout)
+        self.assertEqual(p["mx_sec"], "insecure")
+        self.assertEqual([m["method"] for m in p["mx"]], ["skip", "skip"], p)
+        for m in p["mx"]:
+            self.assertEqual(m["tlsa"], [])
+            self.assertIn("dane-only: no usable TLSA", m["why"])
 
     # ---- the CLI ----
 

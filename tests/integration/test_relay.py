@@ -137,6 +137,11 @@ class Relay(unittest.TestCase):
             lambda: a.log_text().count("result=deferred") >= n, 30), a.log_text()[-2000:])
         b.start()
         self.addCleanup(b.stop)
+        # the readiness probe's session runs on an inbound loop: wait until it has been
+        # logged and ended, or it is counted as one of the relay's connections
+        self.assertTrue(smxtest.poll(
+            lambda: b.log_text().count("event=connect ") >= 1 and
+            b.log_text().count("event=disconnect ") >= b.log_text().count("event=connect "), 10))
         probe_connects = b.log_text().count("event=connect ")
         r = subprocess.run([smxtest.STRICTMX, "-c", a.conf, "queue", "flush"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
@@ -193,6 +198,41 @@ class Relay(unittest.TestCase):
         self.assertIn("Action: failed", status.as_string())
         self.assertIn("Status: 5.7.5", status.as_string())
 
+
+    def test_long_body_line_not_relayed(self):
+        """D.19: with text_line_length raised, a 5000-octet body line is accepted (it could
+        be delivered locally) but never relayed as is: no end of data reaches the MX, the
+        sender gets a DSN (5.6.0) that says why; a 998-octet line is relayed."""
+        b = receiver(self.pki)
+        self.addCleanup(b.stop)
+        a = sender(self.pki, b.port, "\n[limits]\ntext_line_length = 10000\n")
+        self.addCleanup(a.stop)
+        c = smxtest.tls_session(a.port)
+        self.addCleanup(c.close)
+        self.assertEqual(c.mail("alice@a.lab").code, 250)
+        self.assertEqual(c.rcpt("bob@b.lab").code, 250)
+        r = c.data(smxtest.simple_message("long line", ["before", "L" * 5000, "after"],
+                                          sender="alice@a.lab", rcpt="bob@b.lab"))
+        self.assertRegex(str(r), smxtest.QUEUED_RE)
+        files = a.wait_mail("a.lab", "alice", 1, timeout=20)
+        self.assertTrue(files, a.log_text()[-3000:])
+        dsn = email.message_from_binary_file(open(files[0], "rb"), policy=email.policy.default)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        text = dsn.as_string()
+        self.assertIn("Action: failed", text)
+        self.assertIn("Status: 5.6.0", text)
+        self.assertIn("longer than 998 octets", text)
+        self.assertRegex(a.log_text(), r"event=body_refused id=\S+ mx=mx.b.lab .*"
+                                       r"reason=line_too_long max=998")
+        self.assertNotIn("event=accepted", b.log_text())
+        self.assertEqual(b.all_mail_files(), [])
+        # at the limit: relayed
+        r = smxtest.send_mail(a.port, "998 line", rcpt="bob@b.lab", sender="alice@a.lab",
+                              body_lines=["z" * 998])
+        self.assertRegex(str(r), smxtest.QUEUED_RE)
+        files = b.wait_mail("b.lab", "bob", 1, timeout=20)
+        self.assertTrue(files, a.log_text()[-3000:])
+        self.assertIn(b"\r\n" + b"z" * 998 + b"\r\n", open(files[0], "rb").read())
 
     def test_encrypt_only_override_delivers_and_warns(self):
         b = receiver(self.pki, "b.lab, loose.lab")

@@ -1203,6 +1203,119 @@ static void test_errors_max(void **state)
 	drv_free(d);
 }
 
+#define R_UNKNOWN "500 5.5.2 Error: command not recognized\r\n"
+
+/* the output queued so far, as a string (the driver's collect() is not used) */
+static void expect_raw(struct drv *d, const char *want)
+{
+	size_t n;
+	const char *o = inbound_session_output(d->s, &n);
+
+	if (n != strlen(want) || memcmp(o, want, n) != 0)
+		fail_msg("output \"%.*s\", expected \"%s\"", (int)n, o, want);
+	inbound_session_output_clear(d->s);
+}
+
+/* §8 I.61: past errors_delay_after errors, each error reply is held for the
+ * I/O layer's delay and nothing is read meanwhile; good replies are not held,
+ * and the reply that reaches errors_max goes out at once with the 421 */
+static void test_error_delay(void **state)
+{
+	struct drv *d = drv_new();
+
+	d->p.errors_delay_after = 3;
+	drv_open(d);
+	expect(d, R_GREET);
+	for (int i = 0; i < 3; i++)
+		cmd(d, "FOO\r\n", R_UNKNOWN);
+	assert_int_equal(d->delays, 0);
+	/* the 4th error: NOOP's reply leaves, the 500 after it is held */
+	assert_int_equal(inbound_session_input(d->s, "NOOP\r\nFOO\r\nNOOP\r\n", 16), 11);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_DELAY);
+	expect_raw(d, R_OK);
+	assert_int_equal(inbound_session_input(d->s, "NOOP\r\n", 6), 0);
+	inbound_session_delay_done(d->s);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_NONE);
+	expect_raw(d, R_UNKNOWN);
+	/* good replies are never delayed */
+	assert_int_equal(inbound_session_input(d->s, "NOOP\r\n", 6), 6);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_NONE);
+	expect_raw(d, R_OK);
+	/* a timeout while delayed: the held reply, then the 421, in order */
+	assert_int_equal(inbound_session_input(d->s, "FOO\r\n", 5), 5);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_DELAY);
+	expect_raw(d, "");
+	inbound_session_timeout(d->s);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_CLOSE);
+	expect_raw(d, R_UNKNOWN "421 4.4.2 " HOST " Error: timeout exceeded\r\n");
+	drv_free(d);
+
+	/* through the driver (which ends each delay at once): errors 4 to 9 are
+	 * delayed, the 10th is answered with the 421 at once */
+	d = drv_new();
+	d->p.errors_delay_after = 3;
+	drv_open(d);
+	expect(d, R_GREET);
+	for (int i = 0; i < 9; i++)
+		cmd(d, "FOO\r\n", R_UNKNOWN);
+	assert_int_equal(d->delays, 6);
+	assert_int_equal(inbound_session_input(d->s, "FOO\r\n", 5), 5);
+	assert_int_equal(inbound_session_action(d->s), INBOUND_CLOSE);
+	expect_raw(d, R_UNKNOWN "421 4.7.0 " HOST " Error: too many errors\r\n");
+	drv_free(d);
+}
+
+/* §8 E.26: a header block over header_max is refused at the end of the
+ * content, and no more of it reaches the sink; the body does not count */
+static void test_header_too_big(void **state)
+{
+	for (int bw = 0; bw < 2; bw++) {
+		struct drv *d = drv_new();
+
+		d->p.header_max = 1024;
+		d->bytewise = bw;
+		drv_open(d);
+		expect(d, R_GREET);
+		feed(d, "EHLO client.example\r\nSTARTTLS\r\n");
+		feed(d, "EHLO client.example\r\n");
+		buf_clear(&d->out);
+		char *hdr = repeat(d, 'h', 30, "X-Long: ", "\r\n"); /* 40 octets */
+		start_data(d);
+		feed(d, "Subject: big\r\n");
+		for (int i = 0; i < 40; i++) /* 40 continuation lines: 1334 octets */
+			feed(d, hdr + 7);
+		feed(d, "\r\nbody\r\n");
+		cmd(d, ".\r\n", "552 5.3.4 Error: message header too big (limit 1024 octets)\r\n");
+		assert_int_equal(d->stores, 0);
+		assert_false(d->sink.open);
+		assert_false(d->closed);
+		/* a header under the limit and a body over it: stored */
+		start_data(d);
+		for (int i = 0; i < 20; i++) /* 800 octets */
+			feed(d, hdr);
+		feed(d, "\r\n");
+		for (int i = 0; i < 100; i++)
+			feed(d, hdr);
+		deliver(d, ".\r\n");
+		/* BDAT: the same limit, at LAST */
+		char chunk[2048], line[64];
+		size_t n = 0;
+		for (int i = 0; i < 30; i++, n += 40) /* 1200 octets */
+			memcpy(chunk + n, hdr, 40);
+		memcpy(chunk + n, "\r\nbody\r\n", 8);
+		n += 8;
+		snprintf(line, sizeof(line), "BDAT %zu LAST\r\n", n);
+		cmd(d, MAIL_BOB, R_MAIL_OK);
+		cmd(d, RCPT_ALICE, R_RCPT_OK);
+		feed(d, line);
+		feedn(d, chunk, n);
+		expect(d, "552 5.3.4 Error: message header too big (limit 1024 octets)\r\n");
+		assert_int_equal(d->stores, 1);
+		assert_false(d->sink.open);
+		drv_free(d);
+	}
+}
+
 /* errors from pipelined commands count too, and nothing after the 421 runs */
 static void test_errors_max_pipelined(void **state)
 {
@@ -1548,6 +1661,8 @@ int main(void)
 	    T(test_bdat_sink_begin_fails),
 	    T(test_errors_max),
 	    T(test_errors_max_pipelined),
+	    T(test_error_delay),
+	    T(test_header_too_big),
 	    T(test_store_failure),
 	    T(test_data_sink_begin_fails),
 	    T(test_rset),

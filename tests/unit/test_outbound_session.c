@@ -966,6 +966,49 @@ static void test_outbound_stuffer_basics(void **state)
 	CS(".", "..\r\n");
 }
 
+/* §8 D.19: a body line over 998 octets (text_line_length raised) is flagged,
+ * whatever the input split and line ending; 998 and dot-stuffed 998 are not */
+static void stuff_line(size_t n, char first, const char *end, size_t piece, bool want)
+{
+	static char in[6000], out[OUTBOUND_STUFF_MAX(sizeof(in))];
+	struct outbound_stuffer st;
+	size_t len = 0;
+
+	in[len++] = 'a';
+	in[len++] = '\r';
+	in[len++] = '\n';
+	memset(in + len, 'x', n);
+	in[len] = first;
+	len += n;
+	memcpy(in + len, end, strlen(end));
+	len += strlen(end);
+	memcpy(in + len, "short\r\n", 7);
+	len += 7;
+	outbound_stuffer_init(&st);
+	for (size_t i = 0; i < len; i += piece) {
+		size_t k = len - i < piece ? len - i : piece;
+		outbound_body_stuff(&st, in + i, k, out, sizeof(out));
+	}
+	assert_int_equal(st.too_long, want);
+	outbound_stuffer_init(&st);
+	assert_false(st.too_long);
+}
+
+static void test_outbound_stuffer_long_line(void **state)
+{
+	(void)state;
+	static const size_t pieces[] = {1, 7, 999, 6000};
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+		stuff_line(998, 'x', "\r\n", pieces[i], false);
+		stuff_line(998, '.', "\r\n", pieces[i], false); /* the stuffing dot is free */
+		stuff_line(998, 'x', "\n", pieces[i], false);
+		stuff_line(999, 'x', "\r\n", pieces[i], true);
+		stuff_line(999, '.', "\r\n", pieces[i], true);
+		stuff_line(5000, 'x', "\r\n", pieces[i], true);
+		stuff_line(5000, 'x', "", pieces[i], true); /* no line end at all */
+	}
+}
+
 /* security-anchors §2.3: each end-of-data trick inside a body */
 static void test_outbound_stuffer_smuggling(void **state)
 {
@@ -1018,6 +1061,7 @@ int main(void)
 	    cmocka_unit_test(test_outbound_hostile_matrix),
 	    cmocka_unit_test(test_outbound_stuffer_basics),
 	    cmocka_unit_test(test_outbound_stuffer_smuggling),
+	    cmocka_unit_test(test_outbound_stuffer_long_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -336,6 +336,47 @@ static void test_tls_client_wildcards(void **state)
 	X509_free(partial);
 }
 
+static void test_tls_client_idn_a_labels(void **state)
+{
+	/*
+	 * security-anchors case 51 (RFC 9525 §6.3): an IDN compares in A-label
+	 * form, case-insensitively; a U-label reference name is refused, never
+	 * compared byte by byte. "bücher" is "xn--bcher-kva".
+	 */
+	X509 *idn =
+	    make_cert("i", "DNS:mx.xn--bcher-kva.example", NULL, NULL, false, leaf_key, ca, ca_key);
+	X509 *wild =
+	    make_cert("w", "DNS:*.xn--bcher-kva.example", NULL, NULL, false, leaf_key, ca, ca_key);
+	static const char *const u_label[] = {"mx.b\xc3\xbc"
+	                                      "cher.example"};
+	SSL_CTX *sctx = server_ctx(idn, NULL, 0);
+	SSL *c, *s = NULL;
+
+	(void)state;
+	verify_against(idn, NULL, "mx.xn--bcher-kva.example", NULL, 0, NULL);
+	verify_against(idn, NULL, "MX.XN--BCHER-KVA.example", NULL, 0, NULL);
+	verify_against(wild, NULL, "mx.xn--bcher-kva.example", NULL, 0, NULL);
+	/* another A-label (xn--bcher-kvb) is another name */
+	verify_against(idn, NULL, "mx.xn--bcher-kvb.example", NULL, 0,
+	               "certificate name does not match mx.xn--bcher-kvb.example (certificate "
+	               "names: mx.xn--bcher-kva.example)");
+	/* U-labels are not host names here: no SSL is made for them */
+	assert_null(tls_client_new_pkix(cctx, u_label[0], NULL, 0));
+	assert_null(tls_client_new_pkix(cctx, MX, u_label, 1));
+
+	/* SNI goes out in A-label form, exactly as given (security-anchors §4.3) */
+	c = tls_client_new_pkix(cctx, "mx.xn--bcher-kva.example", NULL, 0);
+	assert_non_null(c);
+	assert_int_equal(handshake(c, sctx, &s), 0);
+	assert_string_equal(SSL_get_servername(s, TLSEXT_NAMETYPE_host_name),
+	                    "mx.xn--bcher-kva.example");
+	SSL_free(s);
+	SSL_free(c);
+	SSL_CTX_free(sctx);
+	X509_free(idn);
+	X509_free(wild);
+}
+
 static void test_tls_client_encrypt_only_and_misuse(void **state)
 {
 	X509 *self = make_cert(MX, "DNS:" MX, NULL, NULL, false, leaf_key, NULL, NULL);
@@ -438,6 +479,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_client_dates),
 	    cmocka_unit_test(test_tls_client_untrusted),
 	    cmocka_unit_test(test_tls_client_wildcards),
+	    cmocka_unit_test(test_tls_client_idn_a_labels),
 	    cmocka_unit_test(test_tls_client_encrypt_only_and_misuse),
 	    cmocka_unit_test(test_tls_client_ctx),
 	    cmocka_unit_test(test_tls_client_refuses_old_server),

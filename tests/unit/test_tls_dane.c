@@ -100,11 +100,12 @@ static X509 *make_cert(const char *cn, const char *san, const char *from, const 
 }
 
 /*
- * tlsa - the record "usage selector 1" for x: SHA-256 of the certificate
- * DER (selector 0) or of its SubjectPublicKeyInfo DER (selector 1). Not
- * X509_pubkey_digest(), which hashes the key bits without the algorithm.
+ * tlsa_mtype - the record "usage selector mtype" for x: SHA2-256 (mtype 1)
+ * or SHA2-512 (mtype 2) of the certificate DER (selector 0) or of its
+ * SubjectPublicKeyInfo DER (selector 1). Not X509_pubkey_digest(), which
+ * hashes the key bits without the algorithm.
  */
-static struct rec tlsa(uint8_t usage, uint8_t selector, X509 *x)
+static struct rec tlsa_mtype(uint8_t usage, uint8_t selector, uint8_t mtype, X509 *x)
 {
 	struct rec r;
 	unsigned char *der = NULL;
@@ -117,14 +118,23 @@ static struct rec tlsa(uint8_t usage, uint8_t selector, X509 *x)
 	else
 		n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
 	assert_true(n > 0);
-	assert_int_equal(EVP_Digest(der, (size_t)n, r.buf, &mdlen, EVP_sha256(), NULL), 1);
-	assert_int_equal(mdlen, 32);
+	assert_true(mtype == 1 || mtype == 2);
+	assert_int_equal(EVP_Digest(der, (size_t)n, r.buf, &mdlen,
+	                            mtype == 1 ? EVP_sha256() : EVP_sha512(), NULL),
+	                 1);
+	assert_int_equal(mdlen, mtype == 1 ? 32 : 64);
 	OPENSSL_free(der);
 	r.t.usage = usage;
 	r.t.selector = selector;
-	r.t.mtype = 1;
+	r.t.mtype = mtype;
 	r.t.len = mdlen;
 	return r;
+}
+
+/* tlsa - the SHA2-256 record "usage selector 1" for x */
+static struct rec tlsa(uint8_t usage, uint8_t selector, X509 *x)
+{
+	return tlsa_mtype(usage, selector, 1, x);
 }
 
 /* recs - the tls_tlsa array for n recs (data pointing into them) */
@@ -385,6 +395,90 @@ static void test_tls_dane_ta_name_and_dates(void **state)
 	             "certificate has expired (notAfter 2020-01-31)");
 }
 
+static void test_tls_dane_ta_recipient_domain_and_wildcards(void **state)
+{
+	/* security-anchors case 36, under a 2 0 1 record for the CA the server sends */
+	struct rec r = tlsa(2, 0, ca);
+	struct rec r211 = tlsa(2, 1, ca);
+	static const char *const nexthop[] = {"example.lab"};
+	X509 *dom =
+	    make_cert("example.lab", "DNS:example.lab", NULL, NULL, false, leaf_key, ca, ca_key);
+	X509 *wild = make_cert("w", "DNS:*.example.lab", NULL, NULL, false, leaf_key, ca, ca_key);
+	X509 *partial =
+	    make_cert("p", "DNS:m*.example.lab", NULL, NULL, false, leaf_key, ca, ca_key);
+
+	(void)state;
+	/* SAN = the recipient domain, given as a reference name: accepted */
+	dane_against(dom, leaf_key, ca, MX, nexthop, 1, &r, 1,
+	             "2 0 1 matched the trust anchor at depth 1", NULL);
+	dane_against(dom, leaf_key, ca, MX, nexthop, 1, &r211, 1,
+	             "2 1 1 matched the trust anchor at depth 1", NULL);
+	/* ... and only as a reference name: the MX name alone does not match it */
+	dane_against(dom, leaf_key, ca, MX, NULL, 0, &r, 1, NULL,
+	             "certificate name does not match " MX);
+	/* *.example.lab covers exactly one label: mx.example.lab, not a.mx.example.lab */
+	dane_against(wild, leaf_key, ca, MX, NULL, 0, &r, 1,
+	             "2 0 1 matched the trust anchor at depth 1", NULL);
+	dane_against(wild, leaf_key, ca, "a." MX, NULL, 0, &r, 1, NULL,
+	             "certificate name does not match a." MX);
+	dane_against(wild, leaf_key, ca, "example.lab", NULL, 0, &r, 1, NULL,
+	             "certificate name does not match example.lab");
+	/* RFC 9525 §6.3: a partial-label wildcard never matches */
+	dane_against(partial, leaf_key, ca, MX, NULL, 0, &r, 1, NULL,
+	             "certificate name does not match " MX);
+	X509_free(dom);
+	X509_free(wild);
+	X509_free(partial);
+}
+
+static void test_tls_dane_ta_record_for_the_leaf(void **state)
+{
+	/*
+	 * security-anchors case 37 (Postfix tls_dane.sh "non-TA", "depth 0
+	 * TA"): a DANE-TA record that matches the leaf itself is not a trust
+	 * anchor, even though the leaf is exactly the certificate published.
+	 */
+	struct rec r201 = tlsa(2, 0, leaf);
+	struct rec r211 = tlsa(2, 1, leaf);
+	X509 *self = make_cert(MX, "DNS:" MX, NULL, NULL, false, leaf_key, NULL, NULL);
+	struct rec rs = tlsa(2, 0, self);
+
+	(void)state;
+	dane_against(leaf, leaf_key, ca, MX, NULL, 0, &r201, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &r211, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	/* a self-signed leaf named in a 2 0 1 record: still not a trust anchor */
+	dane_against(self, leaf_key, NULL, MX, NULL, 0, &rs, 1, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	X509_free(self);
+}
+
+static void test_tls_dane_digest_agility(void **state)
+{
+	/*
+	 * security-anchors case 47, RFC 7671 §9: for one usage and selector,
+	 * only records of the strongest digest present are used (OpenSSL's
+	 * default order: SHA2-512 above SHA2-256). Pinned here:
+	 * {3 1 1 good, 3 1 2 bad} fails, {3 1 1 bad, 3 1 2 good} verifies, and
+	 * records of another selector are judged on their own.
+	 */
+	struct rec good256_bad512[2] = {tlsa_mtype(3, 1, 1, leaf), tlsa_mtype(3, 1, 2, other)};
+	struct rec bad256_good512[2] = {tlsa_mtype(3, 1, 1, other), tlsa_mtype(3, 1, 2, leaf)};
+	struct rec other_selector[2] = {tlsa_mtype(3, 1, 1, leaf), tlsa_mtype(3, 0, 2, other)};
+	struct rec only512 = tlsa_mtype(3, 1, 2, leaf);
+
+	(void)state;
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, &only512, 1,
+	             "3 1 2 matched the server certificate", NULL);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, good256_bad512, 2, NULL,
+	             "TLSA records do not match the certificate of " MX);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, bad256_good512, 2,
+	             "3 1 2 matched the server certificate", NULL);
+	dane_against(leaf, leaf_key, NULL, MX, NULL, 0, other_selector, 2,
+	             "3 1 1 matched the server certificate", NULL);
+}
+
 static void test_tls_dane_ta_not_sent(void **state)
 {
 	struct rec r = tlsa(2, 0, ca);
@@ -555,6 +649,9 @@ int main(void)
 	    cmocka_unit_test(test_tls_dane_ee_full_cert),
 	    cmocka_unit_test(test_tls_dane_ta),
 	    cmocka_unit_test(test_tls_dane_ta_name_and_dates),
+	    cmocka_unit_test(test_tls_dane_ta_recipient_domain_and_wildcards),
+	    cmocka_unit_test(test_tls_dane_ta_record_for_the_leaf),
+	    cmocka_unit_test(test_tls_dane_digest_agility),
 	    cmocka_unit_test(test_tls_dane_ta_not_sent),
 	    cmocka_unit_test(test_tls_dane_no_pkix_fallback),
 	    cmocka_unit_test(test_tls_dane_unusable_records),

@@ -562,6 +562,9 @@ SSL_CTX *tls_server_ctx_new(const struct config *c, char *err, size_t errlen)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	/* session resumption (IDs and tickets) needs a context id */
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	/* resumption by tickets only (stateless): no session cache shared, and
+	 * locked, by the inbound loops, none flushed by a scan of every entry */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* tickets under keys that are replaced hourly (tls/tickets.h) */
 	if (tls_tickets_enable(ctx, TICKET_ROTATE_SECS, err, errlen) < 0)
 		goto fail;

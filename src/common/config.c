@@ -428,6 +428,15 @@ static int handle_server(struct parse_ctx *p, const char *k, const char *v)
 		set_str(&c->info_url, v);
 	} else if (!strcmp(k, "require_tls")) {
 		return set_bool(p, k, v, &c->require_tls);
+	} else if (!strcmp(k, "greet_wait")) {
+		if (!strcmp(v, "0")) {
+			c->greet_wait = 0;
+			return 1;
+		}
+		if (config_parse_duration(v, &c->greet_wait) < 0 || c->greet_wait > 30)
+			return perr(p, "greet_wait: expected 0 or a duration up to 30 s, got '%s'",
+			            v);
+		return 1;
 	} else if (!strcmp(k, "threads")) {
 		return set_count(p, k, v, 1, 64, &c->threads);
 	} else if (!strcmp(k, "user")) {
@@ -528,6 +537,14 @@ static int handle_limits(struct parse_ctx *p, const char *k, const char *v)
 		if (config_parse_duration(v, &c->error_delay) < 0 || c->error_delay > 60)
 			return perr(p, "error_delay: expected 0 or a duration up to 60 s, got '%s'",
 			            v);
+		return 1;
+	}
+	if (!strcmp(k, "queue_minfree")) {
+		uint64_t n;
+		if (config_parse_size(v, &n) < 0 || n > (1ULL << 50))
+			return perr(
+			    p, "queue_minfree: expected a size such as 0, 100M or 2G, got '%s'", v);
+		c->queue_minfree = n;
 		return 1;
 	}
 	if (!strcmp(k, "header_size")) {

@@ -82,12 +82,14 @@ struct config {
 	size_t connections;
 	size_t connections_per_ip;
 	size_t threads;           /* [server] threads: inbound event loops */
+	unsigned greet_wait;      /* [server] greet_wait: seconds before the 220; 0 = at once */
 	unsigned timeout_command; /* seconds */
 	unsigned timeout_data;
 	unsigned timeout_tls;
 	size_t errors;
 	uint64_t min_data_rate; /* octets/s inside DATA/BDAT content; 0 = no minimum */
 	unsigned error_delay;   /* seconds before each error reply past the 10th; 0 = none */
+	uint64_t queue_minfree; /* free octets data_dir must keep, checked at MAIL */
 	uint64_t header_size;   /* the client's header block; 0 = no limit of its own */
 
 	/* [dns] */

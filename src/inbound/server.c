@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -91,6 +92,10 @@ struct conn {
 	/* [limits] error_delay: the tarpit timer (the session holds the reply) */
 	struct event *delay_ev;
 	bool delaying;
+	/* [server] greet_wait: the greeting is held back; a client that talks
+	 * before it is a bot or a pipelining attack (postscreen's pregreet test) */
+	struct event *greet_ev;
+	bool pregreet;
 	char *spool_buf;
 	size_t spool_len;
 	bool spool_err;
@@ -142,6 +147,26 @@ static void conn_free(struct conn *c);
 static void conn_flush_output(struct conn *c);
 
 /* ---- the spool sink: content goes to a spool file, batched ---- */
+
+/*
+ * sink_space - at MAIL: Postfix's rule, the queue file system must keep
+ * queue_minfree free plus 1.5 times the size the client announced
+ */
+static int sink_space(void *ctx, uint64_t size)
+{
+	struct conn *c = ctx;
+	struct statvfs st;
+	if (statvfs(c->srv->spool_dir, &st) < 0)
+		return 0; /* cannot tell: the commit will say */
+	uint64_t avail = (uint64_t)st.f_bavail * (uint64_t)st.f_frsize;
+	uint64_t need = c->srv->cfg->queue_minfree + size + size / 2;
+	if (avail >= need)
+		return 0;
+	log_warn("event=low_space sid=%016" PRIx64 " free=%" PRIu64 " needed=%" PRIu64
+	         " status=4.3.1",
+	         c->id, avail, need);
+	return -1;
+}
 
 static int sink_begin(void *ctx)
 {
@@ -608,7 +633,42 @@ static void read_cb(struct bufferevent *bev, void *arg)
 	struct conn *c = arg;
 	if (c->closing || c->handshaking || c->tls_pending)
 		return;
+	if (c->pregreet) {
+		/* the client spoke before our greeting: no session for it */
+		struct evbuffer *in = bufferevent_get_input(c->bev);
+		char buf[512];
+		size_t n = evbuffer_get_length(in);
+		size_t k = n < 64 ? n : 64;
+		evbuffer_copyout(in, buf, k);
+		char esc[300];
+		log_warn("event=pregreet sid=%016" PRIx64 " ip=%s bytes=%zu data=\"%s\"", c->id,
+		         c->ip, n, log_escape(buf, k, esc, sizeof(esc)));
+		evbuffer_drain(in, n);
+		c->pregreet = false;
+		event_del(c->greet_ev);
+		int len =
+		    snprintf(buf, sizeof(buf),
+		             "554 5.5.0 %s Error: SMTP protocol synchronization (talked before "
+		             "the greeting)\r\n",
+		             c->srv->cfg->hostname);
+		bufferevent_write(c->bev, buf, (size_t)len);
+		conn_close_when_flushed(c);
+		return;
+	}
 	conn_process(c);
+}
+
+/* greet_cb - greet_wait is over and the client kept quiet: the 220 */
+static void greet_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	if (!c->pregreet)
+		return;
+	c->pregreet = false;
+	inbound_session_greet(c->sess);
+	conn_flush_output(c);
+	conn_set_timeouts(c);
+	conn_progress(c);
 }
 
 static void write_cb(struct bufferevent *bev, void *arg)
@@ -702,6 +762,7 @@ static void conn_free(struct conn *c)
 	post_closed(c->srv, c->ip);
 	event_free(c->deadline);
 	event_free(c->delay_ev);
+	event_free(c->greet_ev);
 	inbound_session_free(&c->sess);
 	maildir_abort(&c->msg);
 	if (c->bev) {
@@ -831,6 +892,7 @@ static void handoff_run(void *arg)
 	c->started = time(NULL);
 	c->deadline = evtimer_new(sh->base, deadline_cb, c);
 	c->delay_ev = evtimer_new(sh->base, delay_cb, c);
+	c->greet_ev = evtimer_new(sh->base, greet_cb, c);
 	snprintf(c->ip, sizeof(c->ip), "%s", ip);
 	c->spool_buf = xmalloc(SPOOL_BUF);
 	c->fd = fd;
@@ -850,6 +912,7 @@ static void handoff_run(void *arg)
 		free(c->spool_buf);
 		event_free(c->deadline);
 		event_free(c->delay_ev);
+		event_free(c->greet_ev);
 		post_closed(srv, c->ip);
 		free(c);
 		free(h);
@@ -871,7 +934,11 @@ static void handoff_run(void *arg)
 	    .peer_ip = c->ip,
 	    .relay_allowed = config_net_match(&cfg->relay_networks, ip),
 	    .id = c->id,
-	    .sink = {.ctx = c, .begin = sink_begin, .write = sink_write, .abort = sink_abort},
+	    .sink = {.ctx = c,
+	             .begin = sink_begin,
+	             .write = sink_write,
+	             .abort = sink_abort,
+	             .space = sink_space},
 	};
 	c->sess = inbound_session_new(&p);
 	c->next = sh->conns;
@@ -883,6 +950,16 @@ static void handoff_run(void *arg)
 	         lc ? lc->host : "?", lc ? lc->port : "?", p.require_tls ? "yes" : "no");
 	free(h);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	if (cfg->greet_wait) {
+		struct timeval tv = {.tv_sec = cfg->greet_wait};
+		c->pregreet = true;
+		evtimer_add(c->greet_ev, &tv);
+		/* the usual command deadline still bounds the whole wait */
+		conn_set_timeouts(c);
+		conn_progress(c);
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+		return;
+	}
 	inbound_session_greet(c->sess);
 	conn_flush_output(c);
 	conn_set_timeouts(c);

@@ -405,6 +405,12 @@ static void cmd_mail(struct inbound_session *s, const struct smtp_cmd *c)
 		reply_r(s, &err);
 		return;
 	}
+	if (s->p.sink.space && s->p.sink.space(s->p.sink.ctx, s->tx.params.size) < 0) {
+		/* RFC 5321 4.5.3.1.10 / Postfix: not enough room in the queue */
+		tx_reset(s);
+		reply(s, 452, "4.3.1", "Error: insufficient system storage");
+		return;
+	}
 	s->tx.active = true;
 	s->tx.number = ++s->tx_count;
 	reply(s, 250, "2.1.0", "Ok");

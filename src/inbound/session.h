@@ -27,6 +27,9 @@ struct inbound_sink {
 	int (*begin)(void *ctx);                           /* 0, or -1: 451 */
 	void (*write)(void *ctx, const void *p, size_t n); /* errors surface at commit */
 	void (*abort)(void *ctx);                          /* drop the content */
+	/* room for a message of size octets (SIZE=, 0 if not given)? 0 yes, -1 no
+	 * (452 4.3.1 at MAIL); NULL: not asked */
+	int (*space)(void *ctx, uint64_t size);
 };
 
 struct inbound_params {

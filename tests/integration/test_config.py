@@ -134,6 +134,14 @@ require_tls = no
             with self.subTest(line=line):
                 self.assert_error_at(BASE + "\n[limits]\nerrors = 3\n%s\n" % line, line)
 
+    def test_bad_queue_minfree_and_greet_wait(self):
+        self.assert_error_at(BASE + "\n[limits]\nerrors = 3\nqueue_minfree = lots\n",
+                             "queue_minfree = lots")
+        for v in ("forever", "31", "1h"):
+            with self.subTest(v=v):
+                # BASE ends inside [server]
+                self.assert_error_at(BASE + "greet_wait = %s\n" % v, "greet_wait = %s" % v)
+
     def test_syntax_no_equals(self):
         self.assert_error_at(BASE + "this is not a key value line\n", "this is not a key")
 

@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -242,6 +243,30 @@ class Quarantine(unittest.TestCase):
 class DiskFull(unittest.TestCase):
     """H.56 and issue 6: 'data_dir on a small filesystem filled up -> 452 4.3.1 (or 451),
     never 250; delivery resumes when space returns.'"""
+
+    def test_low_space_at_mail(self):
+        """H.56 'low free space at MAIL': Postfix's rule, the queue file system must keep
+        [limits] queue_minfree plus 1.5 x the announced SIZE free, else 452 4.3.1 at
+        MAIL, before any content is sent; the session goes on."""
+        mnt = mount_tmpfs(self, "4m")
+        d = daemon(data_dir=os.path.join(mnt, "var"))
+        self.addCleanup(d.stop)
+        c = smxtest.tls_session(d.port)
+        self.addCleanup(c.close)
+        r = c.cmd("MAIL FROM:<a@x.example> SIZE=3000000")  # 4.5 MB needed, < 4 MB there
+        self.assertEqual(str(r), "452 4.3.1 Error: insufficient system storage")
+        self.assertEqual(c.cmd("RCPT TO:<u@example.org>").code, 503)  # no transaction
+        self.assertEqual(c.cmd("MAIL FROM:<a@x.example> SIZE=1000").code, 250)
+        self.assertEqual(c.cmd("RSET").code, 250)
+        self.assertTrue(d.wait_log(r"event=low_space .*status=4\.3\.1", 5))
+        d.stop()
+        # queue_minfree above what the file system has: every MAIL is refused
+        d2 = daemon("\n[limits]\nqueue_minfree = 16M\n", data_dir=os.path.join(mnt, "var2"))
+        self.addCleanup(d2.stop)
+        c2 = smxtest.tls_session(d2.port)
+        self.addCleanup(c2.close)
+        self.assertEqual(c2.cmd("MAIL FROM:<a@x.example>").code, 452)
+        self.assertEqual(d2.all_mail_files(), [])
 
     def test_full_spool_refuses_then_accepts_when_space_returns(self):
         mnt = mount_tmpfs(self, "4m")
@@ -566,6 +591,37 @@ class Floods(unittest.TestCase):
         data, closed = c.read_until_closed(70)
         self.assertTrue(closed)
         self.assertNotRegex(data, rb"(^|\n)[2-5]\d\d[ -]")
+
+class Pregreet(unittest.TestCase):
+    """E.29: [server] greet_wait holds the 220 back; a client that talks first is
+    logged and refused (554) and disconnected; a client that waits is served."""
+
+    def setUp(self):
+        self.d = smxtest.Daemon(server={"greet_wait": "1"})
+        self.addCleanup(self.d.stop)
+
+    def test_talker_refused(self):
+        c = smxtest.Client(self.d.port, read_greeting=False)
+        self.addCleanup(c.close)
+        c.send(b"EHLO early.example\r\n")
+        r = c.read_reply(5)
+        self.assertEqual(r.code, 554, str(r))
+        self.assertIn("talked before the greeting", str(r))
+        self.assertTrue(c.is_closed(5))
+        self.assertTrue(self.d.wait_log(r"event=pregreet .*bytes=20 data=\"EHLO early", 5))
+        self.assertNotIn("220 ", str(r))
+
+    def test_patient_client_served(self):
+        t0 = time.monotonic()
+        c = smxtest.Client(self.d.port)  # reads the greeting
+        self.addCleanup(c.close)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+        self.assertEqual(c.greeting.code, 220)
+        c.close()
+        r = smxtest.send_mail(self.d.port, "after the wait")
+        self.assertRegex(str(r), QUEUED_RE)
+        self.assertNotIn("event=pregreet", self.d.log_text())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -72,9 +72,9 @@ struct queue {
 	sqlite3 *db;
 	char *dir; /* data_dir/queue */
 	struct pending *pending, **pending_tail;
-	struct pending *inflight; /* the batch the worker is committing */
-	size_t inflight_ok;
-	struct worker *w; /* owns the database while the loop runs */
+	bool in_files;     /* a batch is in the commit's first stage */
+	struct worker *fw; /* the commit's first stage: bodies to disk */
+	struct worker *w;  /* owns the database while the loop runs */
 	bool scan_busy, scan_again;
 	struct event *commit_ev;
 	struct event *sched_ev;
@@ -216,17 +216,6 @@ void queue_submit(struct queue *q, const struct queue_msg_in *m, struct maildir_
 	schedule_commit(q);
 }
 
-void queue_forget(struct queue *q, void *arg)
-{
-	for (struct pending *p = q->pending; p; p = p->next)
-		if (p->arg == arg)
-			p->cb = NULL;
-	/* the worker never reads cb: safe to clear while the batch is in flight */
-	for (struct pending *p = q->inflight; p; p = p->next)
-		if (p->arg == arg)
-			p->cb = NULL;
-}
-
 /* insert_message - rows for one message inside the open transaction */
 static int insert_message(struct queue *q, const struct pending *p, time_t now)
 {
@@ -262,27 +251,35 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 }
 
 /*
- * The group commit, in two halves. commit_work runs on the queue's worker
- * thread: every body renamed into the queue directory, then the bodies and
- * the directory fsync'd at once (concurrent fsyncs share device flushes,
- * common/fsyncpool.h), then one transaction for all the envelopes.
- * commit_done runs on the loop: every waiting session hears the verdict.
- * One batch is in flight at a time; what arrives meanwhile forms the next.
+ * The group commit, in two stages that overlap from one batch to the next.
+ * Stage 1, on the file worker: every body of the batch renamed into the
+ * queue directory, then the bodies and the directory fsync'd at once
+ * (concurrent fsyncs share device flushes, common/fsyncpool.h). Stage 2, on
+ * the database worker: one transaction for all the envelopes of the batch.
+ * Then, on the loop, every waiting session hears the verdict. While batch N
+ * is in stage 2, batch N+1 can be in stage 1, so a message waits for about
+ * one device flush less than with the stages in series; one batch at a time
+ * per stage, what arrives meanwhile forms the next.
  */
-static void commit_work(void *arg)
-{
-	struct queue *q = arg;
-	struct pending *batch = q->inflight;
-	time_t now = time(NULL);
-	size_t n_ok = 0, n = 0;
+struct batch {
+	struct queue *q;
+	struct pending *list;
+	size_t n, n_ok;
+	bool ok_all;
+};
 
-	for (struct pending *p = batch; p; p = p->next)
-		n++;
-	int *fds = xcalloc(n + 1, sizeof(int));
-	int *errs = xcalloc(n + 1, sizeof(int));
-	struct pending **who = xcalloc(n + 1, sizeof(*who));
+static void files_work(void *arg)
+{
+	struct batch *b = arg;
+	struct queue *q = b->q;
+
+	for (struct pending *p = b->list; p; p = p->next)
+		b->n++;
+	int *fds = xcalloc(b->n + 1, sizeof(int));
+	int *errs = xcalloc(b->n + 1, sizeof(int));
+	struct pending **who = xcalloc(b->n + 1, sizeof(*who));
 	size_t nf = 0;
-	for (struct pending *p = batch; p; p = p->next) {
+	for (struct pending *p = b->list; p; p = p->next) {
 		int fd = maildir_spool_fd(p->spool);
 		if (fd < 0) {
 			char err[256];
@@ -301,13 +298,13 @@ static void commit_work(void *arg)
 		who[nf] = p;
 		fds[nf++] = fd;
 	}
-	bool ok_all = true;
+	b->ok_all = true;
 	int dirfd = -1;
 	if (nf) {
 		dirfd = open(q->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dirfd < 0) {
 			log_err("event=queue_error error=\"open %s: %s\"", q->dir, strerror(errno));
-			ok_all = false;
+			b->ok_all = false;
 		} else {
 			fds[nf] = dirfd;
 		}
@@ -315,7 +312,7 @@ static void commit_work(void *arg)
 		if (dirfd >= 0 && errs[nf]) {
 			log_err("event=queue_error error=\"fsync %s: %s\"", q->dir,
 			        strerror(errs[nf]));
-			ok_all = false;
+			b->ok_all = false;
 		}
 		if (dirfd >= 0)
 			close(dirfd);
@@ -329,14 +326,22 @@ static void commit_work(void *arg)
 			continue;
 		}
 		p->ok = true;
-		n_ok++;
+		b->n_ok++;
 	}
 	free(fds);
 	free(errs);
 	free(who);
-	if (ok_all && n_ok) {
+}
+
+static void db_work(void *arg)
+{
+	struct batch *b = arg;
+	struct queue *q = b->q;
+	time_t now = time(NULL);
+	bool ok_all = b->ok_all;
+	if (ok_all && b->n_ok) {
 		ok_all = db_exec(q, "BEGIN IMMEDIATE") == 0;
-		for (struct pending *p = batch; ok_all && p; p = p->next)
+		for (struct pending *p = b->list; ok_all && p; p = p->next)
 			if (p->ok && insert_message(q, p, now) < 0) {
 				log_err("event=queue_db_error id=%s error=\"%s\"", p->id,
 				        sqlite3_errmsg(q->db));
@@ -347,42 +352,41 @@ static void commit_work(void *arg)
 		if (!ok_all)
 			db_exec(q, "ROLLBACK");
 	}
-	for (struct pending *p = batch; p; p = p->next) {
+	b->n_ok = 0;
+	for (struct pending *p = b->list; p; p = p->next) {
 		if (p->ok && !ok_all) {
 			p->ok = false;
 			snprintf(p->err, sizeof(p->err), "queue database write failed");
 			unlink(p->body_path);
 		}
-		if (p->ok)
+		if (p->ok) {
+			b->n_ok++;
 			log_info("event=queued id=%s from=<%s> rcpts=%zu size=%" PRIu64
 			         " batch=%zu",
-			         p->id, p->sender, p->n, p->size, n);
-		else
+			         p->id, p->sender, p->n, p->size, b->n);
+		} else {
 			log_err("event=queue_failed id=%s error=\"%s\"", p->id, p->err);
+		}
 	}
-	q->inflight_ok = n_ok;
 }
 
 static void commit_done(void *arg)
 {
-	struct queue *q = arg;
-	struct pending *batch = q->inflight;
-	size_t n_ok = q->inflight_ok;
-	q->inflight = NULL;
-	for (struct pending *p = batch; p;) {
+	struct batch *b = arg;
+	struct queue *q = b->q;
+	for (struct pending *p = b->list; p;) {
 		struct pending *next = p->next;
 		if (p->cb)
 			p->cb(p->arg, p->ok, p->err);
 		pending_free(p);
 		p = next;
 	}
-	if (q->pending)
-		schedule_commit(q);
-	if (n_ok)
+	if (b->n_ok)
 		schedule_scan(q, 0);
+	free(b);
 }
 
-/* run - blocking work on the worker thread, or here when there is none */
+/* run - blocking work on the database worker, or here when there is none */
 static void run(struct queue *q, worker_fn work, worker_fn done, void *arg)
 {
 	if (q->w)
@@ -393,15 +397,34 @@ static void run(struct queue *q, worker_fn work, worker_fn done, void *arg)
 	}
 }
 
+/* files_done - stage 1 is free for the next batch; this one goes to stage 2 */
+static void files_done(void *arg)
+{
+	struct batch *b = arg;
+	struct queue *q = b->q;
+	q->in_files = false;
+	run(q, db_work, commit_done, b);
+	if (q->pending)
+		schedule_commit(q);
+}
+
 static void commit_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct queue *q = arg;
-	if (q->pending == NULL || q->inflight != NULL)
-		return; /* commit_done starts the next batch */
-	q->inflight = q->pending;
+	if (q->pending == NULL || q->in_files)
+		return; /* files_done starts the next batch */
+	struct batch *b = xcalloc(1, sizeof(*b));
+	b->q = q;
+	b->list = q->pending;
 	q->pending = NULL;
 	q->pending_tail = &q->pending;
-	run(q, commit_work, commit_done, q);
+	q->in_files = true;
+	if (q->fw)
+		worker_submit(q->fw, files_work, files_done, b);
+	else {
+		files_work(b);
+		files_done(b);
+	}
 }
 
 static void schedule_commit(struct queue *q)
@@ -1208,7 +1231,9 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	recover(q);
 	/* from here on the database belongs to the worker thread */
 	q->w = worker_new(base, "queue", err, errlen);
-	if (q->w == NULL) {
+	if (q->w)
+		q->fw = worker_new(base, "queue-files", err, errlen);
+	if (q->w == NULL || q->fw == NULL) {
 		queue_close(&q);
 		return NULL;
 	}
@@ -1223,6 +1248,7 @@ void queue_close(struct queue **qp)
 	q->deliver = NULL; /* a scan finishing now starts nothing */
 	/* what is in flight finishes; then, on this thread, what was accepted
 	 * is committed before we stop, and what was delivered is recorded */
+	worker_free(&q->fw); /* its last batch goes on to the database worker */
 	worker_free(&q->w);
 	if (q->commit_ev && q->pending)
 		commit_cb(-1, 0, q);

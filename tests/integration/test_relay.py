@@ -116,6 +116,9 @@ class Relay(unittest.TestCase):
         self.assertGreaterEqual(a.log_text().count("event=conn_reused"), 1, a.log_text())
         connects = b.log_text().count("event=connect ")
         self.assertLess(connects, n + 1, b.log_text())  # +1: the readiness probe
+        # the sender records a result after the MX has the message: wait for the last
+        self.assertTrue(smxtest.poll(lambda: len(re.findall(
+            r"event=result .* result=delivered", a.log_text())) >= n, 10), a.log_text())
         self.assertEqual(len(re.findall(r"event=result .* result=delivered", a.log_text())), n)
 
     def test_per_domain_connection_limit(self):

@@ -318,7 +318,9 @@ class BatteryDaemon(smxtest.Daemon):
     def __init__(self):
         super().__init__(start=False, limits={"message_size": SIZE_LIMIT, "timeout_data": 2,
                                                    # the sequences make many errors on purpose
-                                                   "errors": 200})
+                                                   "errors": 200,
+                                                   # ... so no tarpit (test_limits tests it)
+                                                   "error_delay": 0})
         old = "listen = 127.0.0.1:%d" % self.port
         self.port = smxtest.free_port(HOST_TLS)
         self.plain_port = smxtest.free_port(HOST_OPEN)

@@ -85,7 +85,6 @@ void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg);
 void queue_submit(struct queue *q, const struct queue_msg_in *m, struct maildir_msg **spool,
                   queue_commit_fn cb, void *arg);
 
-
 /* queue_job_done - results, one per recipient of the job, in order */
 void queue_job_done(struct queue *q, uint64_t job_id, const struct queue_rcpt_result *results);
 

@@ -111,14 +111,6 @@ void worker_submit(struct worker *w, worker_fn work, worker_fn done, void *arg)
 	pthread_mutex_unlock(&w->mu);
 }
 
-size_t worker_pending(const struct worker *w)
-{
-	pthread_mutex_lock((pthread_mutex_t *)&w->mu);
-	size_t n = w->pending;
-	pthread_mutex_unlock((pthread_mutex_t *)&w->mu);
-	return n;
-}
-
 void worker_drain(struct worker *w)
 {
 	for (;;) {

@@ -25,9 +25,6 @@ struct worker *worker_new(struct event_base *base, const char *name, char *err, 
 /* worker_submit - work(arg) on the thread, then done(arg) on the loop */
 void worker_submit(struct worker *w, worker_fn work, worker_fn done, void *arg);
 
-/* worker_pending - items submitted whose done() has not run yet */
-size_t worker_pending(const struct worker *w);
-
 /*
  * worker_drain - wait until every submitted item has run and run their
  * done() callbacks here (shutdown; blocks the caller)

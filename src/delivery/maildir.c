@@ -526,9 +526,8 @@ const char *maildir_spool_path(const struct maildir_msg *m)
 	return m->spool_path;
 }
 
-/* place_file - maildir_deliver_file without the fsync of new/ when !sync */
-static int place_file(const char *path, const char *base, const struct maildir_rcpt *r, bool sync,
-                      char **placed, char *err, size_t errlen)
+int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,
+                       char **placed, char *err, size_t errlen)
 {
 	struct timespec ts;
 
@@ -543,7 +542,7 @@ static int place_file(const char *path, const char *base, const struct maildir_r
 	m.name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)ts.tv_sec, (long)(ts.tv_nsec / 1000),
 	                   (long)getpid(), next_counter(), host_part());
 	char *dir = xasprintf("%s/%s/%s", base, r->domain, r->user);
-	int rc = deliver_one(&m, dir, placed, sync, err, errlen);
+	int rc = deliver_one(&m, dir, placed, false, err, errlen);
 	if (rc < 0 && *placed != NULL) {
 		if (unlink(*placed) < 0 && errno != ENOENT)
 			log_warn("event=maildir_rollback error=\"%s\"", strerror(errno));
@@ -553,19 +552,4 @@ static int place_file(const char *path, const char *base, const struct maildir_r
 	free(dir);
 	free(m.name);
 	return rc;
-}
-
-int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
-                         char *err, size_t errlen)
-{
-	char *placed = NULL;
-	int rc = place_file(path, base, r, true, &placed, err, errlen);
-	free(placed);
-	return rc;
-}
-
-int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,
-                       char **placed, char *err, size_t errlen)
-{
-	return place_file(path, base, r, false, placed, err, errlen);
 }

@@ -50,16 +50,10 @@ const char *maildir_spool_path(const struct maildir_msg *m);
 int maildir_spool_fd(const struct maildir_msg *m);
 int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t errlen);
 /*
- * maildir_deliver_file - deliver an existing (durable) file, such as a queue
+ * maildir_place_file - deliver an existing (durable) file, such as a queue
  * file, to one Maildir under base: link (or copy) into tmp/, rename into
- * new/, fsync new/. The file itself is left alone. 0, or -1 with err and
- * nothing left behind.
- */
-int maildir_deliver_file(const char *path, const char *base, const struct maildir_rcpt *r,
-                         char *err, size_t errlen);
-/*
- * maildir_place_file - the same without the final fsync of new/, so that a
- * batch of deliveries can fsync every new/ directory at once: *placed is the
+ * new/; the final fsync of new/ is the caller's, so that a batch of
+ * deliveries can fsync every new/ directory at once: *placed is the
  * file's path in new/ (free it); the delivery is durable only once the
  * directory holding *placed has been fsync'd (if that fails, unlink it).
  */

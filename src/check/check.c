@@ -86,6 +86,7 @@ struct share {
 	time_t done_at;
 	struct job *waiters;
 	struct check_tls *tls;      /* TLS probes */
+	struct check_tls *pkix;     /* DANE TLS probes: the PKIX verdict of the same handshake */
 	struct shared_enforce *enf; /* enforcement probes */
 };
 
@@ -362,6 +363,7 @@ static void share_free(struct share *s)
 {
 	free(s->key);
 	free(s->tls);
+	free(s->pkix);
 	free(s->enf);
 	free(s);
 }
@@ -409,6 +411,8 @@ static void share_copy(struct job *j, const struct share *s)
 		j->dom->e->stats.enforce_shared++;
 	} else {
 		*(j->step == STEP_PKIX ? &a->pkix : &a->tls) = *s->tls;
+		if (j->step == STEP_TLS && s->pkix != NULL)
+			a->pkix = *s->pkix;
 		j->dom->e->stats.tls_shared++;
 	}
 }
@@ -515,6 +519,11 @@ static void share_finish(struct check_engine *e, struct job *j)
 			if (s->tls == NULL)
 				s->tls = xmalloc(sizeof(*s->tls));
 			*s->tls = *t;
+			if (j->step == STEP_TLS && a->pkix.ran) {
+				if (s->pkix == NULL)
+					s->pkix = xmalloc(sizeof(*s->pkix));
+				*s->pkix = a->pkix;
+			}
 		}
 	}
 	s->state = answer ? SHARE_DONE : SHARE_UNSHARED;
@@ -664,7 +673,10 @@ static void job_next(struct job *j)
 			         a->tls.error[0] ? a->tls.error : "no connection");
 			j->step = STEP_DONE;
 		} else {
-			j->step = m->method == POLICY_DANE && m->n_tlsa ? STEP_PKIX : STEP_ENFORCE;
+			/* a DANE probe may have given the PKIX verdict too (same SNI) */
+			j->step = m->method == POLICY_DANE && m->n_tlsa && !a->pkix.ran
+			              ? STEP_PKIX
+			              : STEP_ENFORCE;
 		}
 		break;
 	case STEP_PKIX:
@@ -721,6 +733,7 @@ static void job_run(struct job *j)
 		pp.dane = m->method == POLICY_DANE && m->n_tlsa > 0;
 		pp.tlsa = j->tlsa;
 		pp.n_tlsa = m->n_tlsa;
+		pp.pkix_out = pp.dane ? &a->pkix : NULL;
 		e->stats.tls_run++;
 		j->probe = check_probe_tls(&pp, &a->tls, probe_done, j);
 		break;

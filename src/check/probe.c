@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -42,6 +43,9 @@ struct check_probe {
 	unsigned timeout;
 
 	struct check_tls *out;
+	struct check_tls *pkix_out; /* DANE: the PKIX verdict of the same handshake */
+	int pkix_verify;            /* -1 not run, 0 failed, 1 verified */
+	char pkix_why[400];
 	struct check_addr *aout;
 	struct outbound_session *sess;
 	struct check_enforce_session *es;
@@ -93,6 +97,29 @@ static bool definite(const struct check_probe *p)
 }
 
 /* finish - the probe is over: close, then tell the owner (who may free p) */
+/*
+ * pkix_fill - what a PKIX probe of the same host would have reported: the
+ * same connection facts, the PKIX verdict on the same chain; a PKIX failure
+ * ends that session with its reason (as tls_done does), a PKIX success
+ * after a DANE failure is taken to go on to EHLO and QUIT as this session
+ * would have.
+ */
+static void pkix_fill(struct check_probe *p)
+{
+	struct check_tls *k = p->pkix_out;
+
+	*k = *p->out;
+	k->dane_match[0] = '\0';
+	if (p->pkix_verify < 0)
+		return;
+	k->verify = p->pkix_verify;
+	snprintf(k->verify_error, sizeof(k->verify_error), "%s", p->pkix_verify ? "" : p->pkix_why);
+	if (p->pkix_verify == 0)
+		snprintf(k->error, sizeof(k->error), "%s", p->pkix_why);
+	else if (p->out->verify == 0)
+		k->error[0] = '\0';
+}
+
 static void finish(struct check_probe *p)
 {
 	if (p->finished)
@@ -100,6 +127,8 @@ static void finish(struct check_probe *p)
 	p->finished = true;
 	if (!p->enforce)
 		p->out->definite = definite(p);
+	if (p->pkix_out != NULL)
+		pkix_fill(p);
 	close_conn(p);
 	p->cb(p->arg);
 }
@@ -333,10 +362,14 @@ static void tls_done(struct check_probe *p)
 
 	p->handshaking = false;
 	tls_facts(p, ssl);
-	if (p->dane)
+	if (p->dane) {
 		r = tls_client_verify_dane(ssl, why, sizeof(why), p->out->dane_match,
 		                           sizeof(p->out->dane_match));
-	else
+		if (p->pkix_out != NULL)
+			p->pkix_verify =
+			    tls_client_verify_pkix_after(p->tls, ssl, p->host, p->extra, p->n_extra,
+			                                 p->pkix_why, sizeof(p->pkix_why)) == 0;
+	} else
 		r = tls_client_verify(ssl, why, sizeof(why));
 	p->out->verify = r == 0 ? 1 : 0;
 	snprintf(p->out->verify_error, sizeof(p->out->verify_error), "%s", r == 0 ? "" : why);
@@ -509,6 +542,18 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	process(p);
 }
 
+/* same_host - a and b name the same host (case and a trailing dot aside) */
+static bool same_host(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+
+	if (na > 0 && a[na - 1] == '.')
+		na--;
+	if (nb > 0 && b[nb - 1] == '.')
+		nb--;
+	return na > 0 && na == nb && strncasecmp(a, b, na) == 0;
+}
+
 static struct check_probe *probe_new(const struct check_probe_params *pp, check_probe_cb cb,
                                      void *arg)
 {
@@ -579,6 +624,9 @@ struct check_probe *check_probe_tls(const struct check_probe_params *pp, struct 
 	out->starttls = -1;
 	out->verify = -1;
 	p->out = out;
+	p->pkix_verify = -1;
+	if (pp->pkix_out != NULL && p->dane && same_host(p->host, p->tlsa_base))
+		p->pkix_out = pp->pkix_out;
 	p->sess = outbound_session_new(&op);
 	connect_start(p);
 	return p;

@@ -40,6 +40,13 @@ struct check_probe_params {
 	size_t n_extra;
 	const struct sockaddr_storage *addr;
 	unsigned timeout; /* seconds, each step */
+	/*
+	 * DANE probes whose TLSA base is the MX host name (the same SNI as a PKIX
+	 * probe's): also fill *pkix_out with the PKIX verdict on the same
+	 * handshake (tls_client_verify_pkix_after), so no second handshake is
+	 * needed. Left untouched (ran = false) otherwise. NULL: not wanted.
+	 */
+	struct check_tls *pkix_out;
 };
 
 /* check_probe_tls - the TLS probe; out is filled, then cb(arg) */

@@ -77,15 +77,9 @@ static int get_idx(void)
 	return state_idx;
 }
 
-/*
- * verify_cb - record the first failure and carry on: the verdict is made by
- * tls_client_verify() once the handshake is over.
- */
-static int verify_cb(int ok, X509_STORE_CTX *xs)
+/* record_first - keep the first failure seen in vs; always go on */
+static int record_first(struct verify_state *vs, int ok, X509_STORE_CTX *xs)
 {
-	SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
-	struct verify_state *vs = ssl != NULL ? SSL_get_ex_data(ssl, get_idx()) : NULL;
-
 	if (!ok && vs != NULL && vs->err == 0) {
 		X509 *cert = X509_STORE_CTX_get_current_cert(xs);
 
@@ -97,6 +91,17 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 			vs->cert = cert;
 	}
 	return 1;
+}
+
+/*
+ * verify_cb - record the first failure and carry on: the verdict is made by
+ * tls_client_verify() once the handshake is over.
+ */
+static int verify_cb(int ok, X509_STORE_CTX *xs)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+
+	return record_first(ssl != NULL ? SSL_get_ex_data(ssl, get_idx()) : NULL, ok, xs);
 }
 
 SSL_CTX *tls_client_ctx_new(const struct config *c, char *err, size_t errlen)
@@ -449,6 +454,84 @@ int tls_client_verify(SSL *ssl, char *why, size_t whylen)
 		return -1;
 	}
 	return 0;
+}
+
+static void append_name(struct verify_state *vs, const char *name);
+
+/* after_cb - tls_client_verify_pkix_after's verify_cb: the first failure */
+static int after_cb(int ok, X509_STORE_CTX *xs)
+{
+	return record_first(X509_STORE_CTX_get_app_data(xs), ok, xs);
+}
+
+int tls_client_verify_pkix_after(SSL_CTX *ctx, SSL *done, const char *mx_host,
+                                 const char *const *extra_names, size_t n_extra, char *why,
+                                 size_t whylen)
+{
+	char host[HOST_MAX + 2], extra[HOST_MAX + 2];
+	struct verify_state vs = {.pkix = true};
+	X509_STORE_CTX *xs = NULL;
+	X509_VERIFY_PARAM *param;
+	X509 *leaf;
+	int rc = -1, ok;
+
+	if (whylen > 0)
+		why[0] = '\0';
+	if (ctx == NULL || done == NULL || !SSL_is_init_finished(done)) {
+		snprintf(why, whylen, "TLS handshake is not complete");
+		return -1;
+	}
+	if (!host_copy(mx_host, false, host, sizeof(host))) {
+		snprintf(why, whylen, "cannot set up TLS for this host name");
+		return -1;
+	}
+	leaf = SSL_get0_peer_certificate(done);
+	if (leaf == NULL) {
+		snprintf(why, whylen, "no certificate presented");
+		return -1;
+	}
+	vs.names = xstrdup(host);
+	xs = X509_STORE_CTX_new();
+	/* the client side's peer chain includes the leaf: as sent, untrusted */
+	if (xs == NULL ||
+	    !X509_STORE_CTX_init(xs, SSL_CTX_get_cert_store(ctx), leaf,
+	                         SSL_get_peer_cert_chain(done)) ||
+	    !X509_STORE_CTX_set_default(xs, "ssl_server"))
+		goto fail;
+	param = X509_STORE_CTX_get0_param(xs);
+	if (!X509_VERIFY_PARAM_set1(param, SSL_CTX_get0_param(ctx)))
+		goto fail;
+	X509_VERIFY_PARAM_set_auth_level(param, SSL_CTX_get_security_level(ctx));
+	X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+	                                           X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+	if (!X509_VERIFY_PARAM_set1_host(param, host, 0))
+		goto fail;
+	for (size_t i = 0; i < n_extra; i++) {
+		if (!host_copy(extra_names[i], true, extra, sizeof(extra)) ||
+		    !X509_VERIFY_PARAM_add1_host(param, extra, 0))
+			goto fail;
+		append_name(&vs, extra);
+	}
+	X509_STORE_CTX_set_app_data(xs, &vs);
+	X509_STORE_CTX_set_verify_cb(xs, after_cb);
+	ok = X509_verify_cert(xs);
+	if (vs.err != 0)
+		explain(&vs, vs.err, vs.depth, leaf, vs.cert, why, whylen);
+	else if (ok <= 0)
+		explain(&vs, X509_STORE_CTX_get_error(xs), 0, leaf, NULL, why, whylen);
+	else if (X509_VERIFY_PARAM_get0_peername(param) == NULL)
+		explain(&vs, X509_V_ERR_HOSTNAME_MISMATCH, 0, leaf, NULL, why, whylen);
+	else
+		rc = 0;
+	goto out;
+fail:
+	snprintf(why, whylen, "cannot verify the certificate again: %s", tls_policy_ossl_reason());
+out:
+	X509_STORE_CTX_free(xs);
+	X509_free(vs.cert);
+	free(vs.names);
+	ERR_clear_error();
+	return rc;
 }
 
 /* append_name - vs->names += " or " name */

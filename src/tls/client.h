@@ -108,6 +108,21 @@ SSL *tls_client_new_dane(SSL_CTX *ctx, const char *base, const char *const *extr
  */
 int tls_client_verify_dane(SSL *ssl, char *why, size_t whylen, char *matched, size_t matchedlen);
 
+/*
+ * tls_client_verify_pkix_after - after a completed handshake on any SSL of
+ * ctx (a DANE one, say): would PKIX have accepted the same chain for
+ * mx_host (and extra_names)? The chain the server sent is verified again on
+ * ctx's trust store with tls_client_new_pkix's rules (purpose TLS server,
+ * ctx's security level, DNS-IDs only, no partial wildcards); 0 or -1 with why
+ * worded as tls_client_verify's. Only meaningful when the handshake sent
+ * SNI = mx_host (a DANE connection whose TLSA base is the MX host name): a
+ * server may choose its certificate by SNI. Used by strictmx check to give a
+ * DANE MX's PKIX result without a second handshake.
+ */
+int tls_client_verify_pkix_after(SSL_CTX *ctx, SSL *done, const char *mx_host,
+                                 const char *const *extra_names, size_t n_extra, char *why,
+                                 size_t whylen);
+
 /* tls_client_describe - "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)" */
 void tls_client_describe(SSL *ssl, char *buf, size_t len);
 

@@ -245,17 +245,19 @@ class PostfixMX:
            mxN.example.lab with N = last digit of the address
     port:  25 by default (the MX port strictmx uses)
     extra_main: dict of extra/overriding main.cf settings
+    more_addrs: further addresses (127.x) with the same smtpd service on PORT
     """
 
     def __init__(self, addr, ca=None, tls="valid", host=None, port=25, extra_main=None,
-                 start=False, keep=False):
+                 start=False, keep=False, more_addrs=()):
         if tls not in TLS_VARIANTS:
             raise ValueError("tls must be one of %s" % (TLS_VARIANTS,))
         if tls != "none" and ca is None:
             raise ValueError("tls=%s needs a TestCA" % tls)
-        if not addr.startswith("127."):
+        if not all(a.startswith("127.") for a in [addr] + list(more_addrs)):
             raise ValueError("loopback addresses only")
         self.addr = addr
+        self.more_addrs = list(more_addrs)  # further ADDR:port smtpd services, same setup
         self.port = port
         self.tls = tls
         self.host = host or "mx%s.example.lab" % addr.rsplit(".", 1)[1][-1]
@@ -358,6 +360,9 @@ class PostfixMX:
             f.write("/(^|\\.)lab$/ OK\n")
         with open(os.path.join(self.conf_dir, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(listen="%s:%d" % (self.addr, self.port)))
+            for a in self.more_addrs:
+                f.write("%s:%d inet n       -       n       -       -       smtpd\n"
+                        % (a, self.port))
         self.started = False
         if start:
             self.start()

@@ -96,6 +96,15 @@ def listeners(net=NET):
     return {k: (net + str(octet), kind) for k, octet, kind in LISTENER_KINDS}
 
 
+def listener_addrs(net, octet, n):
+    """The n addresses a listener serves: net+octet, then octet+10, +20, ... (never
+    the DNS server's .53, at most 25 addresses)."""
+    octets = [o for o in range(octet, 255, 10) if o != 53]
+    if not 1 <= n <= len(octets):
+        raise ValueError("addresses per listener must be within 1..%d: %r" % (len(octets), n))
+    return [net + str(o) for o in octets[:n]]
+
+
 LISTENERS = listeners(NET)  # the default population's
 
 # Providers (--shared-mx): a fraction of the domains point their MX records at the MX hosts
@@ -317,11 +326,19 @@ class Population:
     net: the 127.x.y. prefix of the listeners and NSD (two populations can run at once on
     two prefixes)."""
 
-    def __init__(self, n=1000, strictmxd=None, shared=0.0, net=NET):
+    def __init__(self, n=1000, strictmxd=None, shared=0.0, net=NET, servers="postfix",
+                 addrs=1):
+        if servers not in ("postfix", "strictmxd"):
+            raise ValueError("servers must be 'postfix' or 'strictmxd': %r" % servers)
+        self.servers = servers
         self.n = n
         self.shared = shared
         self.net = net
         self.listeners = listeners(net)
+        # every listener serves `addrs` addresses; a domain's own MX hosts are spread
+        # over them (providers' hosts use the first), so that a scan's per-address
+        # limit applies per address as it would on the Internet
+        self.addrs = {k: listener_addrs(net, octet, addrs) for k, octet, _kind in LISTENER_KINDS}
         self.dns_addr = net + "53"
         self.strictmxd = strictmxd or smxtest.STRICTMXD
         self.domains, self.provider = plan_population(n, shared)
@@ -330,7 +347,7 @@ class Population:
         os.chmod(self.tmp, 0o755)
         self.ca = None
         self.mx = {}
-        self.daemon = None
+        self.daemons = {}  # listener key -> smxtest.Daemon
         self.dns = None
         self.conf = os.path.join(self.tmp, "scan.conf")
         self.domains_file = os.path.join(self.tmp, "domains.txt")
@@ -353,11 +370,14 @@ class Population:
     def _layout(self):
         """host -> listener, and the SAN names each listener's certificate carries."""
         self.hosts = {}   # dom -> [(pref, host, listener)]
+        self.host_addr = {}  # MX host -> its address (one of its listener's)
         sans = {k: [] for k in self.listeners}
         for idx, (dom, cat) in enumerate(self.domains):
             hs = self.mx_hosts(dom, cat, idx)
             self.hosts[dom] = hs
             for _p, host, lk in hs:
+                a = self.addrs[lk]
+                self.host_addr[host] = a[0] if dom in self.provider else a[idx % len(a)]
                 # wrongname: the listener's cert does not name it
                 if cat != "wrongname" and host not in sans[lk]:
                     sans[lk].append(host)
@@ -396,7 +416,7 @@ class Population:
             cat = dict((p, c) for p, c, _w, _h in PROVIDERS)[prov]
             for _pref, host, lk in provider_hosts(prov):
                 hrel = host[: -len(PROVIDER_ZONE)]
-                zones[PROVIDER_ZONE].append("%s A %s" % (hrel, self.listeners[lk][0]))
+                zones[PROVIDER_ZONE].append("%s A %s" % (hrel, self.host_addr[host]))
                 if cat == "dane-ee":
                     zones[PROVIDER_ZONE].append("_25._tcp.%s TLSA %s"
                                                 % (hrel, tlsa_rdata(certs[lk][0], 3, 1, 1)))
@@ -416,7 +436,7 @@ class Population:
             for pref, host, lk in self.hosts[dom]:
                 hrel = host[: -len(zone)]
                 lines.append("%s MX %d %s" % (rel, pref, hrel))
-                lines.append("%s A %s" % (hrel, self.listeners[lk][0]))
+                lines.append("%s A %s" % (hrel, self.host_addr[host]))
                 if cat == "dane-ee":
                     lines.append("_25._tcp.%s TLSA %s" % (hrel, tlsa_rdata(certs[lk][0], 3, 1, 1)))
                 elif cat == "tlsa-mismatch":
@@ -425,7 +445,7 @@ class Population:
         self.dns.start()
         # listeners
         for lk, (addr, kind) in self.listeners.items():
-            if kind == "strictmxd":
+            if self._served_by_strictmxd(kind):
                 continue
             extra = {}
             tls = "none" if kind == "none" else "valid"
@@ -440,7 +460,7 @@ class Population:
                           "default_process_limit": "150", "smtpd_error_sleep_time": "0",
                           "smtpd_soft_error_limit": "100"})
             self.mx[lk] = PostfixMX(addr, self.ca, tls=tls, host="listener-%s.pop.lab" % lk,
-                                    extra_main=extra)
+                                    extra_main=extra, more_addrs=self.addrs[lk][1:])
         errors = {}
 
         def start(key, m):
@@ -451,16 +471,25 @@ class Population:
         threads = [threading.Thread(target=start, args=kv) for kv in self.mx.items()]
         for t in threads:
             t.start()
-        crt, key = certs["smx"]
         saved = smxtest.STRICTMXD
         smxtest.STRICTMXD = self.strictmxd  # Daemon runs the module's STRICTMXD
         try:
-            d = smxtest.Daemon(server={"listen": self.listeners["smx"][0] + ":25",
-                                       "tls_cert": crt, "tls_key": key,
-                                       "local_domains": "pop1.lab"},
-                               limits={"connections_per_ip": 1000}, start=False)
-            self.daemon = d
-            d.start()
+            for lk, (addr, kind) in self.listeners.items():
+                if not self._served_by_strictmxd(kind):
+                    continue
+                crt, key = certs[lk]
+                if kind != "selfsigned":  # the chain in the certificate file, as Postfix's
+                    crt = self._chain_file(lk + "-crt", None, [crt, self.ca.ca_cert])
+                # one listen line per address (a config line holds at most 200 chars)
+                server = {"listen": "\nlisten = ".join(a + ":25" for a in self.addrs[lk]),
+                          "tls_cert": crt, "tls_key": key,
+                          "local_domains": "pop1.lab"}
+                if kind not in ("strictmxd", "encrypt"):
+                    server["require_tls"] = "no"  # RFC 3207 behaviour: plaintext mail taken
+                d = smxtest.Daemon(server=server, start=False,
+                                   limits={"connections_per_ip": 1000, "connections": 5000})
+                self.daemons[lk] = d
+                d.start()
         finally:
             smxtest.STRICTMXD = saved
         for t in threads:
@@ -469,9 +498,16 @@ class Population:
             if not m.started or k in errors:
                 raise RuntimeError("Postfix listener %s (%s) did not start: %s\n%s"
                                    % (k, m.addr, errors.get(k, ""), m.log()[-2000:]))
-        addr = self.listeners["smx"][0]
-        if not smxtest.poll(lambda: can_connect(addr, 25), 20):
-            raise RuntimeError("strictmxd not listening on %s:25:\n%s" % (addr, d.log_text()))
+        for lk, d in self.daemons.items():
+            for addr in self.addrs[lk]:
+                if not smxtest.poll(lambda: can_connect(addr, 25), 20):
+                    raise RuntimeError("strictmxd not listening on %s:25:\n%s"
+                                       % (addr, d.log_text()))
+        for lk, m in self.mx.items():
+            for addr in self.addrs[lk][1:]:
+                if not smxtest.poll(lambda: can_connect(addr, 25), 20):
+                    raise RuntimeError("Postfix listener %s not listening on %s:25:\n%s"
+                                       % (lk, addr, m.log()[-2000:]))
         with open(self.conf, "w") as f:
             f.write("\n".join([
                 "[server]", "hostname = scanner.test.example",
@@ -484,10 +520,15 @@ class Population:
                     % len(self.domains))
             f.write("\n".join(d for d, _c in self.domains) + "\n")
 
+    def _served_by_strictmxd(self, kind):
+        """strictmxd listener (the "smx" one always; with servers="strictmxd" every
+        listener that offers STARTTLS); the others are private Postfix instances."""
+        return kind == "strictmxd" or (self.servers == "strictmxd" and kind != "none")
+
     def _chain_file(self, lk, key, chain):
         path = os.path.join(self.tmp, "chain-%s.pem" % lk)
         with open(path, "w") as out:
-            for p in [key] + chain:
+            for p in ([key] if key else []) + chain:
                 with open(p) as f:
                     out.write(f.read())
         os.chmod(path, 0o644)
@@ -495,12 +536,12 @@ class Population:
 
     def stop(self):
         errors = []
-        if self.daemon is not None:
+        for d in self.daemons.values():
             try:
-                self.daemon.stop()
+                d.stop()
             except AssertionError as e:
                 errors.append(str(e)[:3000])
-            self.daemon = None
+        self.daemons = {}
         threads = [threading.Thread(target=m.stop) for m in self.mx.values()]
         for t in threads:
             t.start()
@@ -594,7 +635,7 @@ class Population:
     def provider_mx_addresses(self):
         """Distinct (MX host, address) pairs of the providers' hosts in use: the TLS
         probes a shared population needs at least once per job."""
-        return {(h, self.listeners[lk][0]) for p in self.provider_counts()
+        return {(h, self.host_addr[h]) for p in self.provider_counts()
                 for _pref, h, lk in provider_hosts(p)}
 
 
@@ -709,6 +750,14 @@ def main():
                     help="fraction of the domains whose MX records point at a few "
                     "providers' MX hosts (PROVIDERS); 0 (default): every domain has its "
                     "own MX host names, the population of the earlier figures")
+    ap.add_argument("--servers", choices=("postfix", "strictmxd"), default="postfix",
+                    help="what serves the listeners that offer STARTTLS: private Postfix "
+                    "instances and one strictmxd (default), or strictmxd daemons only "
+                    "(the no-STARTTLS listener is Postfix either way)")
+    ap.add_argument("--addrs", type=int, default=1, metavar="N",
+                    help="addresses per listener (1..25): the domains' own MX hosts are "
+                    "spread over them, so the scan's --per-ip limit is per address as on "
+                    "the Internet; 1 (default): 7 addresses in all")
     ap.add_argument("--net", default=NET, help="127.x.y. prefix of listeners and NSD")
     a = ap.parse_args()
     if not 0.0 <= a.shared_mx <= 1.0:
@@ -718,7 +767,8 @@ def main():
     a.strictmx, a.strictmxd = os.path.abspath(a.strictmx), os.path.abspath(a.strictmxd)
     for b in (a.strictmx, a.strictmxd):
         smxtest.require_binaries(b)
-    pop = Population(a.domains, strictmxd=a.strictmxd, shared=a.shared_mx, net=a.net)
+    pop = Population(a.domains, strictmxd=a.strictmxd, shared=a.shared_mx, net=a.net,
+                     servers=a.servers, addrs=a.addrs)
     label = ("unique-MX" if not pop.provider else
              "shared-MX %.2f" % a.shared_mx)
     print("scan-bench: [%s] building %d domains (%s) ..." % (label, a.domains, ", ".join(
@@ -732,9 +782,12 @@ def main():
     bad = 0
     rates, scpu, pcpu = [], [], []
     try:
-        print("scan-bench: [%s] population ready in %.1f s: %d listeners on %s1-%d, NSD on %s"
-              % (label, pop.setup_seconds, len(pop.listeners), pop.net, len(pop.listeners),
-                 pop.dns_addr), flush=True)
+        n_addr = sum(len(v) for v in pop.addrs.values())
+        print("scan-bench: [%s] population ready in %.1f s: %d listeners (%s) on %d "
+              "addresses %s*, NSD on %s" % (label, pop.setup_seconds, len(pop.listeners),
+                                            "strictmxd and Postfix" if a.servers == "postfix"
+                                            else "strictmxd; no-STARTTLS: Postfix", n_addr,
+                                            pop.net, pop.dns_addr), flush=True)
         for run in range(a.runs):
             out = os.path.join(pop.tmp, "out-%d.jsonl" % run)
             extra = ["--jobs", str(a.jobs)] if a.jobs else []

@@ -591,6 +591,93 @@ static void test_tls_dane_sni(void **state)
 	SSL_CTX_free(sctx);
 }
 
+/*
+ * pkix_after - a DANE handshake (record 3 1 1 of cert, so DANE itself
+ * verifies) against a server presenting cert (+chain); then the PKIX verdict
+ * on that finished handshake must equal a real PKIX handshake's, in words
+ * (want_why NULL: both verified).
+ */
+static void pkix_after(X509 *cert, EVP_PKEY *key, X509 *chain, const char *const *extra,
+                       size_t n_extra, const char *want_why)
+{
+	SSL_CTX *sctx = server_ctx(cert, key, chain);
+	struct rec r = tlsa(3, 1, cert);
+	struct tls_tlsa t;
+	char why[512] = "unset", why2[512] = "unset", matched[128];
+	SSL *c;
+	int rc, rc2;
+
+	recs(&r, 1, &t);
+	c = tls_client_new_dane(cctx, MX, extra, n_extra, &t, 1, NULL, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(handshake(c, sctx, NULL), 0);
+	assert_int_equal(tls_client_verify_dane(c, why, sizeof(why), matched, sizeof(matched)), 0);
+	rc = tls_client_verify_pkix_after(cctx, c, MX, extra, n_extra, why, sizeof(why));
+	SSL_free(c);
+
+	c = tls_client_new_pkix(cctx, MX, extra, n_extra);
+	assert_non_null(c);
+	assert_int_equal(handshake(c, sctx, NULL), 0);
+	rc2 = tls_client_verify(c, why2, sizeof(why2));
+	SSL_free(c);
+	SSL_CTX_free(sctx);
+
+	assert_int_equal(rc, rc2);
+	assert_string_equal(why, why2);
+	if (want_why == NULL) {
+		assert_int_equal(rc, 0);
+		assert_string_equal(why, "");
+	} else {
+		assert_int_equal(rc, -1);
+		assert_string_equal(why, want_why);
+	}
+}
+
+static void test_tls_dane_pkix_after(void **state)
+{
+	static const char *const other_name[] = {"other.example.lab"};
+	X509 *self = make_cert(MX, "DNS:" MX, NULL, NULL, false, leaf_key, NULL, NULL);
+	X509 *foreign =
+	    make_cert(MX, "DNS:" MX, NULL, NULL, false, leaf_key, other_ca, other_ca_key);
+	SSL_CTX *sctx = server_ctx(leaf, leaf_key, NULL);
+	struct rec r = tlsa(3, 1, leaf);
+	struct tls_tlsa t;
+	char why[256];
+	SSL *c;
+
+	(void)state;
+	/* the chain as sent, or the leaf alone (its issuer is in the trust store) */
+	pkix_after(leaf, leaf_key, ca, NULL, 0, NULL);
+	pkix_after(leaf, leaf_key, NULL, NULL, 0, NULL);
+	/* DANE-EE took these; PKIX would not, and says why as tls_client_verify does */
+	pkix_after(expired, leaf_key, ca, NULL, 0, "certificate has expired (notAfter 2020-01-31)");
+	pkix_after(wrong, leaf_key, ca, NULL, 0,
+	           "certificate name does not match " MX " (certificate names: other.example.lab)");
+	pkix_after(self, leaf_key, NULL, NULL, 0, "certificate is self-signed");
+	pkix_after(foreign, leaf_key, other_ca, NULL, 0,
+	           "certificate chain ends in an untrusted root (self-signed certificate in "
+	           "certificate chain)");
+	/* extra reference names count as for tls_client_new_pkix */
+	pkix_after(wrong, leaf_key, ca, other_name, 1, NULL);
+
+	/* misuse: before the handshake, no SSL, a name that is not one */
+	recs(&r, 1, &t);
+	c = tls_client_new_dane(cctx, MX, NULL, 0, &t, 1, NULL, why, sizeof(why));
+	assert_non_null(c);
+	assert_int_equal(tls_client_verify_pkix_after(cctx, c, MX, NULL, 0, why, sizeof(why)), -1);
+	assert_string_equal(why, "TLS handshake is not complete");
+	assert_int_equal(tls_client_verify_pkix_after(cctx, NULL, MX, NULL, 0, why, sizeof(why)),
+	                 -1);
+	assert_int_equal(handshake(c, sctx, NULL), 0);
+	assert_int_equal(
+	    tls_client_verify_pkix_after(cctx, c, "mx\r\n.lab", NULL, 0, why, sizeof(why)), -1);
+	assert_string_equal(why, "cannot set up TLS for this host name");
+	SSL_free(c);
+	SSL_CTX_free(sctx);
+	X509_free(self);
+	X509_free(foreign);
+}
+
 static void test_tls_dane_misuse(void **state)
 {
 	struct rec r = tlsa(3, 1, leaf);
@@ -656,6 +743,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_dane_no_pkix_fallback),
 	    cmocka_unit_test(test_tls_dane_unusable_records),
 	    cmocka_unit_test(test_tls_dane_sni),
+	    cmocka_unit_test(test_tls_dane_pkix_after),
 	    cmocka_unit_test(test_tls_dane_misuse),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -402,6 +402,14 @@ struct dns_ctx *dns_new_cache(struct event_base *base, const struct config *c, u
 
 	if (cache_mb > 0 && set_cache(ub, cache_mb, err, errlen) < 0)
 		goto fail;
+	if (cache_mb > 0) {
+		/* a scan asks for every name it needs anyway (dns.h, docs/checker.md) */
+		rc = ub_ctx_set_option(ub, "qname-minimisation:", "no");
+		if (rc != 0) {
+			textf(err, errlen, "dns: qname-minimisation: %s", ub_strerror(rc));
+			goto fail;
+		}
+	}
 
 	/*
 	 * Settings are applied at the first resolve; a trust anchor file that

@@ -769,8 +769,8 @@ def main():
         smxtest.require_binaries(b)
     pop = Population(a.domains, strictmxd=a.strictmxd, shared=a.shared_mx, net=a.net,
                      servers=a.servers, addrs=a.addrs)
-    label = ("unique-MX" if not pop.provider else
-             "shared-MX %.2f" % a.shared_mx)
+    label = ("unique-MX" if not pop.provider else "shared-MX %.2f" % a.shared_mx) + (
+        ", %s, %d addr/listener" % ("postfix" if a.servers == "postfix" else "smx", a.addrs))
     print("scan-bench: [%s] building %d domains (%s) ..." % (label, a.domains, ", ".join(
         "%s %d" % kv for kv in pop.counts().items())), flush=True)
     if pop.provider:

@@ -91,8 +91,10 @@ class BenchSmoke(unittest.TestCase):
         """report.py turns a result file into the markdown section (synthetic numbers)."""
         thr = []
         for srv in ("strictmxd", "postfix"):
-            for m in (1, 20):
-                thr.append({"server": srv, "messages_per_conn": m, "msgs_per_s": 100.0,
+            for m, conns in ((1, 1), (20, 1), (1, 4)):
+                thr.append({"server": srv, "messages_per_conn": m, "conns": conns,
+                            "msgs_per_s": (400.0 if conns == 4 and srv == "strictmxd"
+                                           else 100.0),
                             "handshakes_per_s": 10.0, "p50_ms": 1.0, "p99_ms": 2.0,
                             "errors": 0, "server_cpu_s": 1.0, "server_cpu_ms_per_msg": 1.0,
                             "load_before": "0 0 0", "load_after": "0 0 0", "round": 1})
@@ -103,7 +105,8 @@ class BenchSmoke(unittest.TestCase):
         raw = {"machine": {"date": "d", "nproc": 2, "cpu_model": "cpu", "mem_gib": 1,
                            "kernel": "k", "openssl": "o", "postfix": "p", "load_start": "0",
                            "load_end": "0"},
-               "config": {"rounds": 1, "dur": 1, "conns": 1, "hs_dur": 1, "idle_k": 10,
+               "config": {"rounds": 1, "dur": 1, "conns": 1, "conns_hi": 4, "hs_dur": 1,
+                          "idle_k": 10,
                           "pf_idle_k": 2, "nofile": 100},
                "throughput": thr, "handshake": hs, "s_time": [],
                "memory": [{"server": "strictmxd", "k": 10, "ready": 10, "kib_per_session_rss": 20.0},
@@ -122,7 +125,11 @@ class BenchSmoke(unittest.TestCase):
             text = f.read()
         self.assertIn("prose kept", text)
         self.assertEqual(text.count("<!-- bench:begin"), 1)
-        self.assertIn("| 1 msg/conn", text)
+        self.assertIn("| 1 msg/conn, 1 conns", text)
+        self.assertIn("| 1 msg/conn, 4 conns | strictmxd | 400.0", text)
+        # the target row names both concurrencies and says where it was met
+        self.assertIn("1.00× at 1 connections; 4.00× at 4 | **met at 4 connections**, not at 1",
+                      text)
 
     def test_smoke_run(self):
         """2 s of STARTTLS sessions with 2 messages each: messages > 0, errors == 0."""

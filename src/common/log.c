@@ -1,6 +1,7 @@
 /* log - key=value event logging; see log.h */
 #include "common/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +12,21 @@
 static const char *log_ident = "strictmx";
 static bool log_syslog;
 static enum log_level log_min = LOG_LVL_INFO;
+/* getpid() once, not a system call per line (glibc does not cache it); a
+ * forked child (strictmx check) learns its own at the fork */
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+static long log_pid;
+
+static void pid_refresh(void)
+{
+	log_pid = (long)getpid();
+}
+
+static void pid_init(void)
+{
+	pid_refresh();
+	pthread_atfork(NULL, NULL, pid_refresh);
+}
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
 
@@ -47,11 +63,12 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	struct timespec ts;
 	struct tm tm;
 	char when[32];
+	pthread_once(&pid_once, pid_init);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 	fprintf(stderr, "%s.%03ldZ %s[%ld]: %s %s\n", when, ts.tv_nsec / 1000000L, log_ident,
-	        (long)getpid(), level_names[lvl], line);
+	        log_pid, level_names[lvl], line);
 }
 
 const char *log_escape(const void *in, size_t len, char *out, size_t outsz)

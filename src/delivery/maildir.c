@@ -39,6 +39,9 @@ struct maildir_msg {
 	char *spool_path; /* spool_dir/name */
 	char *name;       /* unique file name, the same in every Maildir */
 	bool failed;      /* a write failed: commit must fail */
+	bool moved;       /* renamed away from spool_path by its owner */
+	off_t written;    /* bytes written so far */
+	off_t stale;      /* size of a recycled file before: cut at the end */
 	char err[ERRLEN];
 };
 
@@ -188,14 +191,120 @@ out:
 	return rc;
 }
 
+/*
+ * Recycled spool files (maildir_recycle): the inodes of delivered queue
+ * files, renamed into the spool directory and written over in place when a
+ * new message takes one. Creating and deleting a file per message costs
+ * more than the write itself on ext4 without a journal, whose inode
+ * allocator skips (and reads) every inode freed in the last seconds; a kept
+ * inode costs two renames (and a truncate if the new message is shorter).
+ * Only files without another link are kept (a
+ * Maildir delivery links the queue file into the mailbox). At most
+ * RECYCLE_MAX are kept; the queue's start removes leftovers of a crash
+ * with the rest of the spool.
+ */
+#define RECYCLE_MAX 64
+
+static pthread_mutex_t recycle_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct recycled {
+	char *path;
+	off_t size;
+} recycle[RECYCLE_MAX];
+static size_t recycle_n;
+
+int maildir_recycle(const char *path, const char *spool_dir)
+{
+	pthread_mutex_lock(&recycle_mu);
+	bool room = recycle_n < RECYCLE_MAX;
+	pthread_mutex_unlock(&recycle_mu);
+	if (!room)
+		return -1;
+	/* only a file with no other name: a Maildir delivery may have linked
+	 * the queue file into a mailbox, and reuse truncates it. Nothing links
+	 * it after this point (its new name is ours alone). */
+	struct stat st;
+	if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+		return -1;
+	char *dst = xasprintf("%s/" MAILDIR_RECYCLED_PREFIX "%lu", spool_dir, next_counter());
+	if (rename(path, dst) < 0) {
+		free(dst);
+		return -1;
+	}
+	pthread_mutex_lock(&recycle_mu);
+	if (recycle_n < RECYCLE_MAX) {
+		recycle[recycle_n++] = (struct recycled){dst, st.st_size};
+		dst = NULL;
+	}
+	pthread_mutex_unlock(&recycle_mu);
+	if (dst) {
+		unlink(dst);
+		free(dst);
+	}
+	return 0;
+}
+
+void maildir_recycle_clear(void)
+{
+	pthread_mutex_lock(&recycle_mu);
+	while (recycle_n > 0) {
+		char *path = recycle[--recycle_n].path;
+		unlink(path);
+		free(path);
+	}
+	pthread_mutex_unlock(&recycle_mu);
+}
+
+/*
+ * recycled_open - a recycled file under spool_dir, open for writing from
+ * the start, or -1. It is overwritten in place (no blocks freed and
+ * allocated again) and cut to what was written before its fsync
+ * (spool_cut); *stale is its old size.
+ */
+static int recycled_open(const char *spool_dir, char **path, off_t *stale)
+{
+	size_t dlen = strlen(spool_dir);
+	for (;;) {
+		struct recycled r = {NULL, 0};
+		pthread_mutex_lock(&recycle_mu);
+		if (recycle_n > 0)
+			r = recycle[--recycle_n];
+		pthread_mutex_unlock(&recycle_mu);
+		if (r.path == NULL)
+			return -1;
+		if (strncmp(r.path, spool_dir, dlen) == 0 && r.path[dlen] == '/') {
+			int fd = open(r.path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (fd >= 0) {
+				*path = r.path;
+				*stale = r.size;
+				return fd;
+			}
+		}
+		unlink(r.path);
+		free(r.path);
+	}
+}
+
+/* spool_cut - a recycled file loses what is left of its old content */
+static int spool_cut(struct maildir_msg *m)
+{
+	if (m->stale <= m->written)
+		return 0;
+	if (ftruncate(m->fd, m->written) < 0) {
+		set_err(m->err, sizeof(m->err), "ftruncate", m->spool_path, errno);
+		m->failed = true;
+		return -1;
+	}
+	m->stale = 0;
+	return 0;
+}
+
 struct maildir_msg *maildir_begin(const char *spool_dir, char *err, size_t errlen)
 {
 	struct maildir_msg *m;
 
-	if (mkdir_p(spool_dir, err, errlen) < 0)
-		return NULL;
 	m = xcalloc(1, sizeof(*m));
 	m->fd = -1;
+	bool made = false;
 	/* EEXIST can only come from a stale file of a dead process with our pid */
 	for (int tries = 0; tries < 8; tries++) {
 		struct timespec ts;
@@ -206,9 +315,27 @@ struct maildir_msg *maildir_begin(const char *spool_dir, char *err, size_t errle
 		m->name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)ts.tv_sec,
 		                    (long)(ts.tv_nsec / 1000), (long)getpid(), next_counter(),
 		                    host_part());
+		if (tries == 0 && !made) {
+			m->fd = recycled_open(spool_dir, &m->spool_path, &m->stale);
+			if (m->fd >= 0)
+				break;
+		}
 		m->spool_path = xasprintf("%s/%s", spool_dir, m->name);
 		m->fd =
 		    open(m->spool_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+		/* the directory is created (mkdir_p) only when it is missing, not
+		 * checked component by component for every message */
+		if (m->fd < 0 && errno == ENOENT && !made) {
+			made = true;
+			if (mkdir_p(spool_dir, err, errlen) < 0) {
+				free(m->name);
+				free(m->spool_path);
+				free(m);
+				return NULL;
+			}
+			tries--;
+			continue;
+		}
 		if (m->fd >= 0 || errno != EEXIST)
 			break;
 	}
@@ -233,6 +360,7 @@ int maildir_write(struct maildir_msg *m, const void *p, size_t n)
 		m->failed = true;
 		return -1;
 	}
+	m->written += (off_t)n;
 	return 0;
 }
 
@@ -244,7 +372,7 @@ static void msg_free(struct maildir_msg **mp)
 		return;
 	if (m->fd >= 0)
 		close(m->fd);
-	if (unlink(m->spool_path) < 0 && errno != ENOENT) {
+	if (!m->moved && unlink(m->spool_path) < 0 && errno != ENOENT) {
 		char esc[512];
 		log_warn("event=maildir_spool_unlink path=%s error=\"%s\"",
 		         log_escape(m->spool_path, strlen(m->spool_path), esc, sizeof(esc)),
@@ -415,6 +543,11 @@ int maildir_commit(struct maildir_msg **mp, const char *base, const struct maild
 		return -1;
 	}
 	/* the data first: every link below shares this inode */
+	if (spool_cut(m) < 0) {
+		snprintf(err, errlen, "%s", m->err);
+		msg_free(mp);
+		return -1;
+	}
 	if (fsync(m->fd) < 0) {
 		set_err(err, errlen, "fsync", m->spool_path, errno);
 		msg_free(mp);
@@ -479,6 +612,10 @@ int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen)
 	}
 	if (m->fd < 0)
 		return 0;
+	if (spool_cut(m) < 0) {
+		snprintf(err, errlen, "%s", m->err);
+		return -1;
+	}
 	if (fsync(m->fd) < 0) {
 		set_err(err, errlen, "fsync", m->spool_path, errno);
 		m->failed = true;
@@ -494,9 +631,9 @@ int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen)
 	return 0;
 }
 
-int maildir_spool_fd(const struct maildir_msg *m)
+int maildir_spool_fd(struct maildir_msg *m)
 {
-	return m->failed ? -1 : m->fd;
+	return m->failed || spool_cut(m) < 0 ? -1 : m->fd;
 }
 
 int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t errlen)
@@ -524,6 +661,11 @@ int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t
 const char *maildir_spool_path(const struct maildir_msg *m)
 {
 	return m->spool_path;
+}
+
+void maildir_spool_moved(struct maildir_msg *m)
+{
+	m->moved = true;
 }
 
 int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,

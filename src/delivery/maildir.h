@@ -41,13 +41,18 @@ int maildir_commit(struct maildir_msg **m, const char *base, const struct maildi
  */
 int maildir_spool_finish(struct maildir_msg *m, char *err, size_t errlen);
 const char *maildir_spool_path(const struct maildir_msg *m);
+/* maildir_spool_moved - the caller renamed the spool file elsewhere and owns
+ * it now: freeing the handle no longer unlinks spool_path */
+void maildir_spool_moved(struct maildir_msg *m);
 /*
  * maildir_spool_fd / maildir_spool_close - the same in two steps, for a
  * group commit that fsyncs many spool files at once (common/fsyncpool.h):
  * the open descriptor (-1 if a write failed), then close with the result of
- * its fsync (0 or an errno). Returns 0, or -1 with err set.
+ * its fsync (0 or an errno). Returns 0, or -1 with err set. The file holds
+ * exactly what was written once maildir_spool_fd returned: nothing may be
+ * written after it.
  */
-int maildir_spool_fd(const struct maildir_msg *m);
+int maildir_spool_fd(struct maildir_msg *m);
 int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t errlen);
 /*
  * maildir_place_file - deliver an existing (durable) file, such as a queue
@@ -60,6 +65,17 @@ int maildir_spool_close(struct maildir_msg *m, int sync_errno, char *err, size_t
 int maildir_place_file(const char *path, const char *base, const struct maildir_rcpt *r,
                        char **placed, char *err, size_t errlen);
 
+/*
+ * maildir_recycle - keep a file that is no longer needed (a delivered queue
+ * file) for a later maildir_begin() in spool_dir instead of deleting it:
+ * it is renamed to spool_dir/MAILDIR_RECYCLED_PREFIX<n> and written over
+ * (then cut to length) when reused. Only a file with no other link is
+ * taken. Returns 0 if taken, -1 if the caller must unlink path itself.
+ * maildir_recycle_clear - unlink every kept file (at shutdown).
+ */
+#define MAILDIR_RECYCLED_PREFIX "recycled."
+int maildir_recycle(const char *path, const char *spool_dir);
+void maildir_recycle_clear(void);
 /* maildir_abort - drop the spool file; frees and NULLs *m */
 void maildir_abort(struct maildir_msg **m);
 

@@ -70,7 +70,8 @@ struct queue {
 	struct event_base *base;
 	const struct config *cfg;
 	sqlite3 *db;
-	char *dir; /* data_dir/queue */
+	char *dir;       /* data_dir/queue */
+	char *spool_dir; /* data_dir/spool: delivered bodies are recycled there */
 	struct pending *pending, **pending_tail;
 	bool in_files;     /* a batch is in the commit's first stage */
 	struct worker *fw; /* the commit's first stage: bodies to disk */
@@ -295,6 +296,7 @@ static void files_work(void *arg)
 			p->body_path = NULL;
 			continue;
 		}
+		maildir_spool_moved(p->spool); /* unlinked below if it fails */
 		who[nf] = p;
 		fds[nf++] = fd;
 	}
@@ -873,7 +875,8 @@ static bool finish_message(struct queue *q, const char *msg_id)
 static void remove_body(struct queue *q, const char *msg_id)
 {
 	char *path = body_path(q, msg_id);
-	if (unlink(path) < 0 && errno != ENOENT)
+	/* kept as the spool file of a later message (maildir_recycle), or gone */
+	if (maildir_recycle(path, q->spool_dir) < 0 && unlink(path) < 0 && errno != ENOENT)
 		log_warn("event=queue_error error=\"unlink %s: %s\"", path, strerror(errno));
 	free(path);
 	log_info("event=removed id=%s", msg_id);
@@ -1185,7 +1188,10 @@ static void recover(struct queue *q)
 		if (de->d_name[0] == '.')
 			continue;
 		char *path = xasprintf("%s/%s", spool, de->d_name);
-		if (unlink(path) == 0)
+		/* recycled files are not messages */
+		bool recycled = strncmp(de->d_name, MAILDIR_RECYCLED_PREFIX,
+		                        strlen(MAILDIR_RECYCLED_PREFIX)) == 0;
+		if (unlink(path) == 0 && !recycled)
 			partial++;
 		free(path);
 	}
@@ -1204,6 +1210,7 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	q->cfg = c;
 	q->pending_tail = &q->pending;
 	q->dir = xasprintf("%s/queue", c->data_dir);
+	q->spool_dir = xasprintf("%s/spool", c->data_dir);
 	if (mkdir(q->dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(err, errlen, "mkdir %s: %s", q->dir, strerror(errno));
 		queue_close(&q);
@@ -1254,6 +1261,7 @@ void queue_close(struct queue **qp)
 		commit_cb(-1, 0, q);
 	if (q->results_ev)
 		results_cb(-1, 0, q);
+	maildir_recycle_clear();
 	while (q->active) {
 		struct active_job *a = q->active;
 		q->active = a->next;
@@ -1271,6 +1279,7 @@ void queue_close(struct queue **qp)
 	if (q->db)
 		sqlite3_close(q->db);
 	free(q->dir);
+	free(q->spool_dir);
 	free(q);
 	*qp = NULL;
 }

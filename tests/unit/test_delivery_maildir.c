@@ -289,6 +289,75 @@ static void test_write_error_fails_commit(void **state)
 	assert_int_equal(count_entries(f->spool, NULL, 0), 0);
 }
 
+/* write_file - path with n bytes of c (and a second name, link, if not NULL) */
+static void write_file(const char *path, char c, size_t n, const char *link_to)
+{
+	char buf[512];
+	FILE *fp = fopen(path, "w");
+
+	assert_non_null(fp);
+	assert_true(n <= sizeof(buf));
+	memset(buf, c, n);
+	assert_int_equal(fwrite(buf, 1, n, fp), n);
+	assert_int_equal(fclose(fp), 0);
+	if (link_to != NULL)
+		assert_int_equal(link(path, link_to), 0);
+}
+
+/*
+ * A delivered body kept for reuse (maildir_recycle): the next message is
+ * written over it and holds exactly its own bytes, not the tail of the old
+ * one; a file with a second name (a Maildir link) is never taken; clear
+ * removes what is kept.
+ */
+static void test_recycle(void **state)
+{
+	struct fixture *f = *state;
+	const struct maildir_rcpt rcpts[] = {{.domain = "example.org", .user = "alice"}};
+	char err[512] = "", old[256], linked[256], other[256], dir[512], name[256], path[1024];
+	struct maildir_msg *m;
+
+	assert_int_equal(mkdir(f->spool, 0700), 0);
+	snprintf(old, sizeof(old), "%s/old", f->root);
+	write_file(old, 'Z', 400, NULL); /* longer than the next message */
+	assert_int_equal(maildir_recycle(old, f->spool), 0);
+	assert_int_equal(access(old, F_OK), -1);
+	assert_int_equal(count_entries(f->spool, name, sizeof(name)), 1);
+	assert_int_equal(strncmp(name, MAILDIR_RECYCLED_PREFIX, strlen(MAILDIR_RECYCLED_PREFIX)),
+	                 0);
+
+	/* reused in place: still one spool entry while the message arrives */
+	m = spool_body(f);
+	assert_int_equal(count_entries(f->spool, NULL, 0), 1);
+	if (maildir_commit(&m, f->base, rcpts, 1, err, sizeof(err)) < 0)
+		fail_msg("maildir_commit: %s", err);
+	snprintf(dir, sizeof(dir), "%s/example.org/alice/new", f->base);
+	assert_int_equal(count_entries(dir, name, sizeof(name)), 1);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	assert_file_is_body(path); /* cut to its length: nothing of the 400 'Z' left */
+	assert_int_equal(count_entries(f->spool, NULL, 0), 0);
+
+	/* a file with another name is not taken (reuse would change the mailbox's copy) */
+	snprintf(linked, sizeof(linked), "%s/linked", f->root);
+	snprintf(other, sizeof(other), "%s/other-name", f->root);
+	write_file(linked, 'L', 10, other);
+	assert_int_equal(maildir_recycle(linked, f->spool), -1);
+	assert_int_equal(access(linked, F_OK), 0);
+	assert_int_equal(count_entries(f->spool, NULL, 0), 0);
+
+	/* clear: whatever is kept is unlinked */
+	assert_int_equal(unlink(other), 0);
+	assert_int_equal(maildir_recycle(linked, f->spool), 0);
+	assert_int_equal(count_entries(f->spool, NULL, 0), 1);
+	maildir_recycle_clear();
+	assert_int_equal(count_entries(f->spool, NULL, 0), 0);
+	/* and a message after that makes a new file again */
+	m = spool_body(f);
+	assert_int_equal(count_entries(f->spool, NULL, 0), 1);
+	maildir_abort(&m);
+	assert_int_equal(count_entries(f->spool, NULL, 0), 0);
+}
+
 /* spool and Maildirs on different file systems: link() gives EXDEV, copy */
 static void test_cross_device_copy(void **state)
 {
@@ -367,6 +436,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_rollback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unwritable_maildir, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_recycle, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_write_error_fails_commit, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cross_device_copy, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_recipient, setup, teardown),

@@ -372,12 +372,17 @@ class Population:
         self.hosts = {}   # dom -> [(pref, host, listener)]
         self.host_addr = {}  # MX host -> its address (one of its listener's)
         sans = {k: [] for k in self.listeners}
+        used = {k: 0 for k in self.listeners}  # round robin over each listener's addresses
         for idx, (dom, cat) in enumerate(self.domains):
             hs = self.mx_hosts(dom, cat, idx)
             self.hosts[dom] = hs
             for _p, host, lk in hs:
                 a = self.addrs[lk]
-                self.host_addr[host] = a[0] if dom in self.provider else a[idx % len(a)]
+                if dom in self.provider:
+                    self.host_addr[host] = a[0]
+                else:
+                    self.host_addr[host] = a[used[lk] % len(a)]
+                    used[lk] += 1
                 # wrongname: the listener's cert does not name it
                 if cat != "wrongname" and host not in sans[lk]:
                     sans[lk].append(host)

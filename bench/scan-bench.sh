@@ -21,7 +21,7 @@
 #           domains do; their TLS probes are shared.
 #
 # Settings (environment): BUILD (default build), SCAN_DOMAINS (1000), SCAN_RUNS (3),
-# SCAN_CONCURRENCY (200), SCAN_PER_IP (0: the scan default, 4), SCAN_JOBS (0: the scan
+# SCAN_WARMUP (1: scans before the measured runs, not counted), SCAN_CONCURRENCY (200), SCAN_PER_IP (0: the scan default, 4), SCAN_JOBS (0: the scan
 # default, one worker process per core), SCAN_SETS ("pf1 smx16 shared"), SCAN_ADDRS (16:
 # addresses per listener of smx16 and shared), SCAN_SHARED_MX (0.7), BENCH_NO_BUILD=1 (use
 # the binaries as they are).
@@ -67,7 +67,7 @@ for set_ in ${SCAN_SETS:-pf1 smx16 shared}; do
 	echo "scan-bench: --- $what ---"
 	# shellcheck disable=SC2086 # args is a list of options
 	timeout 900 python3 "$ROOT/tests/integration/scanpop.py" \
-		--domains "${SCAN_DOMAINS:-1000}" --runs "${SCAN_RUNS:-3}" \
+		--domains "${SCAN_DOMAINS:-1000}" --runs "${SCAN_RUNS:-3}" --warmup "${SCAN_WARMUP:-1}" \
 		--concurrency "${SCAN_CONCURRENCY:-200}" --per-ip "${SCAN_PER_IP:-0}" \
 		--jobs "${SCAN_JOBS:-0}" $args \
 		--strictmx "$ROOT/$BUILD/strictmx" --strictmxd "$ROOT/$BUILD/strictmxd" || {

@@ -755,6 +755,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=0, help="0: the scan default (cores)")
     ap.add_argument("--timeout", type=int, default=10)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=0, metavar="N",
+                    help="scans before the measured runs, not counted (the servers' "
+                    "process pools, page cache), as the inbound bench warms up")
     ap.add_argument("--shared-mx", type=float, default=0.0, metavar="FRACTION",
                     help="fraction of the domains whose MX records point at a few "
                     "providers' MX hosts (PROVIDERS); 0 (default): every domain has its "
@@ -797,6 +800,13 @@ def main():
                                             "strictmxd and Postfix" if a.servers == "postfix"
                                             else "strictmxd; no-STARTTLS: Postfix", n_addr,
                                             pop.net, pop.dns_addr), flush=True)
+        for w in range(a.warmup):
+            out = os.path.join(pop.tmp, "warmup-%d.jsonl" % w)
+            r = run_scan(a.strictmx, pop.conf, pop.domains_file, out, a.concurrency,
+                         a.per_ip or None, a.timeout,
+                         extra=["--jobs", str(a.jobs)] if a.jobs else [])
+            print("scan-bench: [%s] warm-up scan %d (not counted): %.0f domains/s"
+                  % (label, w + 1, len(r.lines) / r.seconds), flush=True)
         for run in range(a.runs):
             out = os.path.join(pop.tmp, "out-%d.jsonl" % run)
             extra = ["--jobs", str(a.jobs)] if a.jobs else []

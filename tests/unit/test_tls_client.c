@@ -25,6 +25,7 @@
 
 #include "common/config.h"
 #include "tls/client.h"
+#include "testcert.h"
 
 #define MX "mx.lab.example"
 
@@ -32,61 +33,6 @@ static char ca_path[] = "/tmp/test_tls_client.XXXXXX";
 static EVP_PKEY *ca_key, *other_key, *leaf_key;
 static X509 *ca, *other_ca;
 static SSL_CTX *cctx; /* the client context under test */
-
-static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-	X509V3_CTX v3;
-	X509_EXTENSION *ext;
-
-	X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
-	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-	assert_non_null(ext);
-	assert_int_equal(X509_add_ext(x, ext, -1), 1);
-	X509_EXTENSION_free(ext);
-}
-
-/*
- * make_cert - CN, SAN list ("DNS:a,DNS:b" or NULL), validity (times as
- * "YYYYMMDDHHMMSSZ", or NULL for now-1h .. now+1d), signed by issuer/ikey
- * (NULL: self-signed with key).
- */
-static X509 *make_cert(const char *cn, const char *san, const char *from, const char *to,
-                       bool is_ca, EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey)
-{
-	static long serial = 1;
-	X509 *x = X509_new();
-	X509_NAME *name;
-
-	assert_non_null(x);
-	assert_int_equal(X509_set_version(x, X509_VERSION_3), 1);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
-	if (from != NULL)
-		assert_int_equal(ASN1_TIME_set_string_X509(X509_getm_notBefore(x), from), 1);
-	else
-		X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-	if (to != NULL)
-		assert_int_equal(ASN1_TIME_set_string_X509(X509_getm_notAfter(x), to), 1);
-	else
-		X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-	name = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-	assert_int_equal(
-	    X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer) : name), 1);
-	assert_int_equal(X509_set_pubkey(x, key), 1);
-	if (is_ca) {
-		add_ext(x, issuer != NULL ? issuer : x, NID_basic_constraints, "critical,CA:TRUE");
-		add_ext(x, issuer != NULL ? issuer : x, NID_key_usage,
-		        "critical,keyCertSign,cRLSign");
-	} else {
-		add_ext(x, issuer != NULL ? issuer : x, NID_basic_constraints, "critical,CA:FALSE");
-		add_ext(x, issuer != NULL ? issuer : x, NID_ext_key_usage, "serverAuth");
-	}
-	add_ext(x, issuer != NULL ? issuer : x, NID_subject_key_identifier, "hash");
-	if (san != NULL)
-		add_ext(x, issuer != NULL ? issuer : x, NID_subject_alt_name, san);
-	assert_true(X509_sign(x, issuer != NULL ? ikey : key, EVP_sha256()) > 0);
-	return x;
-}
 
 static int group_setup(void **state)
 {
@@ -147,47 +93,6 @@ static SSL_CTX *server_ctx(X509 *leaf, X509 *chain, int max_version)
 	if (max_version != 0)
 		SSL_CTX_set_max_proto_version(s, max_version);
 	return s;
-}
-
-/* handshake - client c against a server with leaf; 0 when both finish */
-static int handshake(SSL *c, SSL_CTX *sctx, SSL **sout)
-{
-	SSL *s = SSL_new(sctx);
-	BIO *sb = NULL, *cb = NULL;
-	int sdone = 0, cdone = 0;
-
-	assert_non_null(s);
-	assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
-	SSL_set_bio(s, sb, sb);
-	SSL_set_bio(c, cb, cb);
-	SSL_set_accept_state(s);
-	SSL_set_connect_state(c);
-	for (int i = 0; i < 50 && !(sdone && cdone); i++) {
-		int r, e;
-
-		if (!cdone) {
-			r = SSL_do_handshake(c);
-			e = SSL_get_error(c, r);
-			if (r == 1)
-				cdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
-		if (!sdone) {
-			r = SSL_do_handshake(s);
-			e = SSL_get_error(s, r);
-			if (r == 1)
-				sdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
-	}
-	ERR_clear_error();
-	if (sout != NULL)
-		*sout = s;
-	else
-		SSL_free(s);
-	return sdone && cdone ? 0 : -1;
 }
 
 /*

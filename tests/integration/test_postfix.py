@@ -19,11 +19,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import smxtest  # noqa: E402
 from smxtest import Daemon, TLS_FIRST, RECEIVED_TLS_RE  # noqa: E402
-from mxbed import MASTER_CF  # noqa: E402
+from mxbed import MASTER_CF  # noqa: E402  (one smtpd service on {listen})
 
 DELIVERY_BOUND = 60.0
-
-# master.cf of the test Postfix instances: mxbed's (one smtpd service on {listen})
 
 
 class Postfix:

@@ -28,6 +28,7 @@
 #include "common/config.h"
 #include "tls/server.h"
 #include "tls/tickets.h"
+#include "testcert.h"
 
 #define HOST "mx.example.org"
 
@@ -149,49 +150,22 @@ static int group_teardown(void **state)
 	return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* a session the next handshake() offers to resume, if set */
+/* a session the next server_handshake() offers to resume, if set */
 static SSL_SESSION *resume_with;
 
-/* handshake - run client and server over a BIO pair; 0 when both finish */
-static int handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL **sout, SSL **cout)
+/* server_handshake - a client of cctx and a server of sctx over a BIO pair; 0 when
+ * both finish */
+static int server_handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL **sout, SSL **cout)
 {
 	SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
-	if (resume_with)
-		SSL_set_session(c, resume_with);
-	BIO *sb = NULL, *cb = NULL;
-	int sdone = 0, cdone = 0;
 
 	assert_non_null(s);
 	assert_non_null(c);
-	assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
-	SSL_set_bio(s, sb, sb);
-	SSL_set_bio(c, cb, cb);
-	SSL_set_accept_state(s);
-	SSL_set_connect_state(c);
-	for (int i = 0; i < 50 && !(sdone && cdone); i++) {
-		int r, e;
-
-		if (!cdone) {
-			r = SSL_do_handshake(c);
-			e = SSL_get_error(c, r);
-			if (r == 1)
-				cdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
-		if (!sdone) {
-			r = SSL_do_handshake(s);
-			e = SSL_get_error(s, r);
-			if (r == 1)
-				sdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
-	}
-	ERR_clear_error();
+	if (resume_with)
+		SSL_set_session(c, resume_with);
 	*sout = s;
 	*cout = c;
-	return sdone && cdone ? 0 : -1;
+	return bio_handshake(c, s);
 }
 
 static SSL_CTX *client_ctx(int min, int max, const char *ciphers)
@@ -374,7 +348,7 @@ static int served_key_type(SSL_CTX *sctx, const char *suite)
 	SSL *s, *cl;
 	int type = -1;
 
-	if (handshake(sctx, cctx, &s, &cl) == 0) {
+	if (server_handshake(sctx, cctx, &s, &cl) == 0) {
 		X509 *peer = SSL_get1_peer_certificate(cl);
 		assert_non_null(peer);
 		type = EVP_PKEY_get_base_id(X509_get0_pubkey(peer));
@@ -437,21 +411,21 @@ static void test_handshakes(void **state)
 
 	/* TLS 1.2, static RSA key exchange, CBC: not in our list */
 	cctx = client_ctx(TLS1_2_VERSION, TLS1_2_VERSION, "AES256-SHA");
-	assert_int_equal(handshake(sctx, cctx, &s, &cl), -1);
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), -1);
 	SSL_free(s);
 	SSL_free(cl);
 	SSL_CTX_free(cctx);
 
 	/* TLS 1.1 (RFC 8996) */
 	cctx = client_ctx(TLS1_1_VERSION, TLS1_1_VERSION, "ALL:@SECLEVEL=0");
-	assert_int_equal(handshake(sctx, cctx, &s, &cl), -1);
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), -1);
 	SSL_free(s);
 	SSL_free(cl);
 	SSL_CTX_free(cctx);
 
 	/* TLS 1.3: server preference picks AES-256-GCM */
 	cctx = client_ctx(TLS1_3_VERSION, TLS1_3_VERSION, NULL);
-	assert_int_equal(handshake(sctx, cctx, &s, &cl), 0);
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), 0);
 	tls_describe(s, desc, sizeof(desc));
 	assert_string_equal(desc, "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)");
 	SSL_free(s);
@@ -460,7 +434,7 @@ static void test_handshakes(void **state)
 
 	/* TLS 1.2 with a default client: ECDHE + AEAD */
 	cctx = client_ctx(TLS1_2_VERSION, TLS1_2_VERSION, NULL);
-	assert_int_equal(handshake(sctx, cctx, &s, &cl), 0);
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), 0);
 	tls_describe(s, desc, sizeof(desc));
 	assert_string_equal(desc,
 	                    "TLSv1.2 with cipher ECDHE-ECDSA-AES256-GCM-SHA384 (256/256 bits)");
@@ -477,7 +451,7 @@ static int resume(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *sess, SSL_SESSION *
 {
 	SSL *s, *cl;
 	resume_with = sess;
-	assert_int_equal(handshake(sctx, cctx, &s, &cl), 0);
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), 0);
 	resume_with = NULL;
 	int reused = SSL_session_reused(cl);
 	if (next)

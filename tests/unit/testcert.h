@@ -69,46 +69,52 @@ static inline X509 *make_cert(const char *cn, const char *san, const char *from,
 	return x;
 }
 
-/* handshake - client c against a new server of sctx over a BIO pair; 0 when
- * both finish (*sout: the server's SSL, else freed) */
-static inline int handshake(SSL *c, SSL_CTX *sctx, SSL **sout)
+/* hs_step - one handshake step of ssl; false when it failed (not just waiting) */
+static inline bool hs_step(SSL *ssl, int *done)
 {
-	SSL *s = SSL_new(sctx);
+	int r = SSL_do_handshake(ssl);
+	int e = SSL_get_error(ssl, r);
+
+	if (r == 1)
+		*done = 1;
+	return r == 1 || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE;
+}
+
+/* bio_handshake - client c and server s over a new BIO pair; 0 when both finish */
+static inline int bio_handshake(SSL *c, SSL *s)
+{
 	BIO *sb = NULL, *cb = NULL;
 	int sdone = 0, cdone = 0;
 
-	assert_non_null(s);
 	assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
 	SSL_set_bio(s, sb, sb);
 	SSL_set_bio(c, cb, cb);
 	SSL_set_accept_state(s);
 	SSL_set_connect_state(c);
 	for (int i = 0; i < 50 && !(sdone && cdone); i++) {
-		int r, e;
-
-		if (!cdone) {
-			r = SSL_do_handshake(c);
-			e = SSL_get_error(c, r);
-			if (r == 1)
-				cdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
-		if (!sdone) {
-			r = SSL_do_handshake(s);
-			e = SSL_get_error(s, r);
-			if (r == 1)
-				sdone = 1;
-			else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-				break;
-		}
+		if (!cdone && !hs_step(c, &cdone))
+			break;
+		if (!sdone && !hs_step(s, &sdone))
+			break;
 	}
 	ERR_clear_error();
+	return sdone && cdone ? 0 : -1;
+}
+
+/* handshake - client c against a new server of sctx; 0 when both finish
+ * (*sout: the server's SSL, else it is freed) */
+static inline int handshake(SSL *c, SSL_CTX *sctx, SSL **sout)
+{
+	SSL *s = SSL_new(sctx);
+	int rc;
+
+	assert_non_null(s);
+	rc = bio_handshake(c, s);
 	if (sout != NULL)
 		*sout = s;
 	else
 		SSL_free(s);
-	return sdone && cdone ? 0 : -1;
+	return rc;
 }
 
 #endif

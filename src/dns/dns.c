@@ -344,13 +344,23 @@ static int set_cache(struct ub_ctx *ub, unsigned mb, char *err, size_t errlen)
 	return 0;
 }
 
+static struct dns_ctx *dns_create(struct event_base *base, const struct config *c,
+                                  unsigned cache_mb, char *err, size_t errlen);
+
 struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *err, size_t errlen)
 {
-	return dns_new_cache(base, c, 0, err, errlen);
+	return dns_create(base, c, 0, err, errlen);
 }
 
-struct dns_ctx *dns_new_cache(struct event_base *base, const struct config *c, unsigned cache_mb,
-                              char *err, size_t errlen)
+struct dns_ctx *dns_new_scan(struct event_base *base, const struct config *c, unsigned cache_mb,
+                             char *err, size_t errlen)
+{
+	return dns_create(base, c, cache_mb > 0 ? cache_mb : 1, err, errlen);
+}
+
+/* dns_create - cache_mb 0: the daemon's resolver (libunbound's defaults); else a scan's */
+static struct dns_ctx *dns_create(struct event_base *base, const struct config *c,
+                                  unsigned cache_mb, char *err, size_t errlen)
 {
 	struct dns_ctx *ctx;
 	struct ub_ctx *ub;

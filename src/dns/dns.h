@@ -62,20 +62,18 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
  */
 struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *err, size_t errlen);
 /*
- * dns_new_cache - dns_new with libunbound's caches sized for many names at
- * once (strictmx scan): cache_mb MB of RRsets, half as much for messages,
- * an eighth for DNSSEC keys (at least 4 MB each). With libunbound's
- * defaults (4 MB) a 1,000-domain scan evicts validated NSEC3 and RRsets
- * that later answers carry again, and their signatures are checked again
- * (docs/checker.md). Also without QNAME minimisation (RFC 9156): a scanner
- * asks for the MX, TXT and TLSA names of each domain anyway, and minimised
- * queries (an A query for each label on the way, e.g. `_tls.example.org`)
- * cost ~1.75 more queries per domain to send, answer and validate (the
- * delivery daemon keeps libunbound's default, minimisation on).
- * 0: libunbound's defaults, as dns_new.
+ * dns_new_scan - the resolver of strictmx check and scan: dns_new with
+ * libunbound's caches sized for many names at once: cache_mb MB of RRsets, half as much for
+ * messages, an eighth for DNSSEC keys (at least 4 MB each). With libunbound's defaults (4 MB) a
+ * 1,000-domain scan evicts validated NSEC3 and RRsets that later answers carry again, and their
+ * signatures are checked again (docs/checker.md). Also without QNAME minimisation (RFC 9156): a
+ * scanner asks for the MX, TXT and TLSA names of each domain anyway, and minimised queries (an A
+ * query for each label on the way, e.g. `_tls.example.org`) cost ~1.75 more queries per domain to
+ * send, answer and validate (the delivery daemon, dns_new, keeps libunbound's defaults:
+ * minimisation on, 4 MB caches).
  */
-struct dns_ctx *dns_new_cache(struct event_base *base, const struct config *c, unsigned cache_mb,
-                              char *err, size_t errlen);
+struct dns_ctx *dns_new_scan(struct event_base *base, const struct config *c, unsigned cache_mb,
+                             char *err, size_t errlen);
 /* dns_free - cancel every outstanding query (no callbacks) and free; *ctx = NULL */
 void dns_free(struct dns_ctx **ctx);
 

@@ -16,6 +16,27 @@ from smxtest import Client, Daemon, QUEUED_RE, TLS_FIRST  # noqa: E402
 CLOSE_BOUND = 10.0
 
 
+def trickle(c, payload, bound):
+    """Send payload one byte a second (waiting for a close meanwhile, not sleeping)
+    until the server closes or bound seconds pass. Returns (closed, lines, seconds)."""
+    t0 = time.monotonic()
+    lines = []
+    closed = False
+    for i in range(len(payload)):
+        if time.monotonic() - t0 > bound:
+            break
+        try:
+            c.send(payload[i:i + 1])
+        except OSError:
+            closed = True
+            break
+        data, closed = c.read_until_closed(1.0)
+        lines += data.decode("latin-1").split("\r\n")
+        if closed:
+            break
+    return closed, lines, time.monotonic() - t0
+
+
 class Base(unittest.TestCase):
     def daemon(self, **kw):
         d = Daemon(**kw)
@@ -377,23 +398,7 @@ class Timeouts(Base):
         timeout_command) -> 421 4.4.2 within a bounded time, not kept alive forever."""
         d = self.daemon(limits={"timeout_command": 2})
         c = self.client(d.port)
-        t0 = time.monotonic()
-        closed = False
-        lines = []
-        payload = b"NOOP " + b"a" * 400
-        for i in range(len(payload)):
-            if time.monotonic() - t0 > 20:
-                break
-            try:
-                c.send(payload[i:i + 1])
-            except OSError:
-                closed = True
-                break
-            data, closed = c.read_until_closed(1.0)
-            lines += data.decode("latin-1").split("\r\n")
-            if closed:
-                break
-        dt = time.monotonic() - t0
+        closed, lines, dt = trickle(c, b"NOOP " + b"a" * 400, 20)
         self.assertTrue(closed, "a client trickling one byte per second was kept for %.0fs" % dt)
         self.assertTrue([l for l in lines if l.startswith("421 4.4.2")], lines)
 
@@ -406,26 +411,6 @@ class MinDataRate(Base):
 
     LIMITS = {"timeout_data": 3, "timeout_command": 30, "min_data_rate": 500}
 
-    def trickle(self, c, payload, bound):
-        """Send payload one byte a second (waiting for a close meanwhile, not sleeping)
-        until the server closes or bound seconds pass. Returns (closed, lines, seconds)."""
-        t0 = time.monotonic()
-        lines = []
-        closed = False
-        for i in range(len(payload)):
-            if time.monotonic() - t0 > bound:
-                break
-            try:
-                c.send(payload[i:i + 1])
-            except OSError:
-                closed = True
-                break
-            data, closed = c.read_until_closed(1.0)
-            lines += data.decode("latin-1").split("\r\n")
-            if closed:
-                break
-        return closed, lines, time.monotonic() - t0
-
     def begin(self, d):
         c = self.tls(d)
         self.assertEqual(c.mail("sender@client.example").code, 250)
@@ -436,7 +421,7 @@ class MinDataRate(Base):
         d = self.daemon(limits=self.LIMITS)
         c = self.begin(d)
         self.assertEqual(c.cmd("DATA").code, 354)
-        closed, lines, dt = self.trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 100, 20)
+        closed, lines, dt = trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 100, 20)
         self.assertTrue(closed, "a client sending 1 octet/s in DATA was kept for %.0fs" % dt)
         self.assertTrue([l for l in lines if l.startswith("421 4.4.2 ")], lines)
         self.assertGreaterEqual(dt, 2, "cut off before timeout_data (%.1fs)" % dt)
@@ -449,7 +434,7 @@ class MinDataRate(Base):
         d = self.daemon(limits=self.LIMITS)
         c = self.begin(d)
         c.send(b"BDAT 100 LAST\r\n")
-        closed, lines, dt = self.trickle(c, b"y" * 100, 20)
+        closed, lines, dt = trickle(c, b"y" * 100, 20)
         self.assertTrue(closed, "a client sending 1 octet/s in BDAT was kept for %.0fs" % dt)
         self.assertTrue([l for l in lines if l.startswith("421 4.4.2 ")], lines)
         self.assertLessEqual(dt, 8, "cut off too late (%.1fs)" % dt)
@@ -461,7 +446,7 @@ class MinDataRate(Base):
         d = self.daemon(limits=dict(self.LIMITS, min_data_rate=0))
         c = self.begin(d)
         self.assertEqual(c.cmd("DATA").code, 354)
-        closed, lines, dt = self.trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 7, 7)
+        closed, lines, dt = trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 7, 7)
         self.assertFalse(closed, "closed after %.1fs although never idle: %r" % (dt, lines))
         c.send(b"\r\n.\r\n")
         r = c.read_reply(CLOSE_BOUND)

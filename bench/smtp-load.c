@@ -8,6 +8,11 @@
  * next connection, until --duration seconds have passed or --total messages
  * were sent. No pipelining: every command waits for its reply.
  *
+ * Full handshakes by default (no session cache). --resume makes each slot
+ * offer the TLS session ticket its previous connection received, as a sending
+ * MTA with a TLS session cache does (Postfix's smtp_tls_session_cache_database);
+ * the first handshake of a slot, and any the server declines, are full ones.
+ *
  * Other modes:
  *   --messages 0   handshake-bound: EHLO, STARTTLS, EHLO, QUIT per connection
  *   --direct-tls   no SMTP at all: TCP connect, TLS handshake, close_notify,
@@ -76,6 +81,7 @@ static struct {
 	const char *bind_prefix; /* e.g. "127.0.1." -> bind to .1 .. .bind_n */
 	int bind_n;
 	bool quiet;
+	bool resume;
 } opt = {
     .host = "127.0.0.1",
     .port = 25,
@@ -111,6 +117,7 @@ static void usage(FILE *f)
 	           "  --idle SECS       hold N sessions after the 2nd EHLO for SECS, print READY\n"
 	           "  --max-connecting K  connections in setup at once (256)\n"
 	           "  --bind-prefix P --bind-n K  source addresses P1..PK (e.g. 127.0.1. 8)\n"
+	           "  --resume          offer the previous connection's session ticket\n"
 	           "  --quiet           only the JSON line\n");
 }
 
@@ -136,6 +143,7 @@ struct stats {
 	long messages_all; /* including after the window */
 	long handshakes;
 	long handshakes_win; /* completed within the --duration window */
+	long resumed;        /* handshakes that resumed a session */
 	long connections;    /* completed with QUIT/221 */
 	long errors;
 	long rejected; /* non-2xx/3xx replies (subset of errors) */
@@ -205,7 +213,8 @@ struct conn {
 	bool dot_written;
 	bool idle_counted;
 	int bind_i;
-	bool used; /* idle mode: each slot connects once */
+	bool used;         /* idle mode: each slot connects once */
+	SSL_SESSION *sess; /* --resume: the last ticket this slot received */
 };
 
 struct worker {
@@ -361,6 +370,9 @@ static void start_tls(struct worker *w, struct conn *c)
 		return;
 	}
 	SSL_set_fd(c->ssl, c->fd);
+	SSL_set_app_data(c->ssl, c);
+	if (opt.resume && c->sess)
+		SSL_set_session(c->ssl, c->sess);
 	if (opt.servername) {
 		SSL_set_tlsext_host_name(c->ssl, opt.servername);
 		if (opt.cafile)
@@ -514,6 +526,10 @@ static bool on_reply(struct worker *w, struct conn *c, int code, const char *r, 
 		break;
 	case P_QUIT:
 		w->st.connections++;
+		/* a clean end: OpenSSL would otherwise mark the session, which the
+		 * slot keeps for --resume, not resumable (nothing is sent) */
+		if (c->ssl)
+			SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
 		conn_close(w, c);
 		return false;
 	default:
@@ -611,6 +627,18 @@ static int io_read(struct worker *w, struct conn *c)
 	return 1;
 }
 
+/* --resume: keep the newest ticket of the connection for the slot's next one */
+static int new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	struct conn *c = SSL_get_app_data(ssl);
+	if (c == NULL)
+		return 0;
+	if (c->sess)
+		SSL_SESSION_free(c->sess);
+	c->sess = sess;
+	return 1; /* the reference is ours */
+}
+
 static bool verify_ok(struct worker *w, struct conn *c)
 {
 	if (!opt.cafile)
@@ -668,6 +696,8 @@ static void drive(struct worker *w, struct conn *c, uint32_t revents)
 			if (!verify_ok(w, c))
 				return;
 			w->st.handshakes++;
+			if (SSL_session_reused(c->ssl))
+				w->st.resumed++;
 			if (now_s() <= t_deadline)
 				w->st.handshakes_win++;
 			c->t_phase = now_s();
@@ -840,7 +870,8 @@ int main(int argc, char **argv)
 		OPT_BP,
 		OPT_BN,
 		OPT_QUIET,
-		OPT_MAXT
+		OPT_MAXT,
+		OPT_RESUME
 	};
 	static const struct option lo[] = {{"host", required_argument, 0, 'h'},
 	                                   {"port", required_argument, 0, 'p'},
@@ -865,6 +896,7 @@ int main(int argc, char **argv)
 	                                   {"bind-prefix", required_argument, 0, OPT_BP},
 	                                   {"bind-n", required_argument, 0, OPT_BN},
 	                                   {"quiet", no_argument, 0, OPT_QUIET},
+	                                   {"resume", no_argument, 0, OPT_RESUME},
 	                                   {"help", no_argument, 0, 'H'},
 	                                   {0, 0, 0, 0}};
 	bool have_duration = false;
@@ -941,6 +973,9 @@ int main(int argc, char **argv)
 		case OPT_QUIET:
 			opt.quiet = true;
 			break;
+		case OPT_RESUME:
+			opt.resume = true;
+			break;
 		case 'H':
 			usage(stdout);
 			return 0;
@@ -992,8 +1027,15 @@ int main(int argc, char **argv)
 		                                                         : TLS1_2_VERSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                          SSL_MODE_RELEASE_BUFFERS);
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* full handshakes */
-	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	if (opt.resume) {
+		/* tickets kept per slot by new_session(), not in OpenSSL's cache */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+		                                        SSL_SESS_CACHE_NO_INTERNAL_STORE);
+		SSL_CTX_sess_set_new_cb(ctx, new_session);
+	} else {
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* full handshakes */
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	}
 	if (opt.cafile) {
 		if (SSL_CTX_load_verify_locations(ctx, opt.cafile, NULL) != 1) {
 			fprintf(stderr, "smtp-load: cannot load CA file %s\n", opt.cafile);
@@ -1044,8 +1086,12 @@ int main(int argc, char **argv)
 			usleep(20000);
 		atomic_store(&stop_flag, 1);
 	}
-	for (int i = 0; i < nt; i++)
+	for (int i = 0; i < nt; i++) {
 		pthread_join(ws[i].th, NULL);
+		for (int k = 0; k < ws[i].n; k++)
+			if (ws[i].c[k].sess)
+				SSL_SESSION_free(ws[i].c[k].sess);
+	}
 	double t_end = now_s();
 
 	struct stats tot = {0};
@@ -1055,6 +1101,7 @@ int main(int argc, char **argv)
 		tot.messages_all += s->messages_all;
 		tot.handshakes += s->handshakes;
 		tot.handshakes_win += s->handshakes_win;
+		tot.resumed += s->resumed;
 		tot.connections += s->connections;
 		tot.errors += s->errors;
 		tot.rejected += s->rejected;
@@ -1078,24 +1125,25 @@ int main(int argc, char **argv)
 	if (!opt.quiet)
 		printf(
 		    "smtp-load: %s %s:%d conns=%d msgs/conn=%ld size=%ld: %ld messages in %.2f s "
-		    "= %.1f msg/s; %ld TLS handshakes = %.1f/s; latency end-of-data->250 "
-		    "p50 %.2f ms p99 %.2f ms; errors %ld%s\n",
+		    "= %.1f msg/s; %ld TLS handshakes (%ld resumed) = %.1f/s; latency "
+		    "end-of-data->250 p50 %.2f ms p99 %.2f ms; errors %ld%s\n",
 		    mode, opt.host, opt.port, opt.connections, opt.messages, opt.size, tot.messages,
-		    elapsed, mps, tot.handshakes, hps, p50, p99, tot.errors,
+		    elapsed, mps, tot.handshakes, tot.resumed, hps, p50, p99, tot.errors,
 		    opt.idle > 0 ? "" : "");
 	printf("{\"tool\":\"smtp-load\",\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,"
 	       "\"connections\":%d,\"messages_per_conn\":%ld,\"size\":%ld,\"threads\":%d,"
 	       "\"tls\":\"%s\",\"verified\":%s,\"elapsed_s\":%.3f,\"messages\":%ld,"
 	       "\"messages_after_window\":%ld,\"msgs_per_s\":%.1f,\"handshakes\":%ld,"
-	       "\"handshakes_per_s\":%.1f,\"sessions_completed\":%ld,\"p50_ms\":%.3f,"
-	       "\"p99_ms\":%.3f,\"errors\":%ld,\"rejected\":%ld,\"idle_ready\":%d}\n",
+	       "\"handshakes_per_s\":%.1f,\"resumed\":%ld,\"sessions_completed\":%ld,"
+	       "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"errors\":%ld,\"rejected\":%ld,"
+	       "\"idle_ready\":%d}\n",
 	       mode, opt.host, opt.port, opt.connections, opt.messages, opt.size, nt,
 	       opt.tls_version == 13   ? "1.3"
 	       : opt.tls_version == 12 ? "1.2"
 	                               : "any",
 	       opt.cafile ? "true" : "false", elapsed, tot.messages,
-	       tot.messages_all - tot.messages, mps, tot.handshakes, hps, tot.connections, p50, p99,
-	       tot.errors, tot.rejected, atomic_load(&idle_ready_count));
+	       tot.messages_all - tot.messages, mps, tot.handshakes, hps, tot.resumed,
+	       tot.connections, p50, p99, tot.errors, tot.rejected, atomic_load(&idle_ready_count));
 	fflush(stdout);
 	SSL_CTX_free(ctx);
 	return tot.errors ? 1 : 0;

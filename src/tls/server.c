@@ -568,6 +568,10 @@ SSL_CTX *tls_server_ctx_new(const struct config *c, char *err, size_t errlen)
 	/* tickets under keys that are replaced hourly (tls/tickets.h) */
 	if (tls_tickets_enable(ctx, TICKET_ROTATE_SECS, err, errlen) < 0)
 		goto fail;
+	/* one TLS 1.3 ticket per handshake, not OpenSSL's two (meant for a
+	 * browser's parallel connections): a sending MTA keeps one session per
+	 * destination, and every resumption brings the next ticket */
+	SSL_CTX_set_num_tickets(ctx, 1);
 
 	if (c->n_cert > 0 || c->n_key > 0) {
 		if (load_configured(ctx, c, err, errlen) < 0)

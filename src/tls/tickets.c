@@ -105,7 +105,11 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
 		rc = 1;
 	} else if (r->cur.valid && memcmp(key_name, r->cur.name, 16) == 0) {
 		k = r->cur;
-		rc = 1;
+		/* TLS 1.3 tickets are used once (RFC 8446 C.4; OpenSSL clients never
+		 * offer a used one again): a resumed session gets a fresh ticket, or
+		 * its client's next connection is a full handshake. A TLS 1.2 ticket
+		 * stays good until its key is replaced. */
+		rc = SSL_version(ssl) >= TLS1_3_VERSION ? 2 : 1;
 	} else if (r->prev.valid && memcmp(key_name, r->prev.name, 16) == 0) {
 		k = r->prev;
 		rc = 2; /* good, but issue a ticket under the current key */

@@ -498,6 +498,78 @@ static void test_ticket_rotation(void **state)
 	SSL_CTX_free(sctx);
 }
 
+/* TLS 1.3: the newest ticket a client received, and how many came */
+static SSL_SESSION *tls13_newest;
+static int tls13_tickets;
+
+static int tls13_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	(void)ssl;
+	SSL_SESSION_free(tls13_newest);
+	tls13_newest = sess;
+	tls13_tickets++;
+	return 1;
+}
+
+/* TLS 1.3 tickets are used once: every connection that resumes must bring
+ * the ticket for the next one, one ticket per handshake, so a client that
+ * keeps the newest session resumes every time, not every other time */
+static void test_ticket_tls13_chain(void **state)
+{
+	struct config c;
+	char err[512] = "";
+	unsigned char buf[16];
+
+	(void)state;
+	cfg_selfsigned(&c);
+	SSL_CTX *sctx = tls_server_ctx_new(&c, err, sizeof(err));
+	if (sctx == NULL)
+		fail_msg("tls_server_ctx_new: %s", err);
+	SSL_CTX *cctx = client_ctx(TLS1_3_VERSION, TLS1_3_VERSION, NULL);
+	SSL_CTX_set_session_cache_mode(cctx,
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(cctx, tls13_new_session);
+
+	for (int i = 0; i < 4; i++) {
+		SSL *s, *cl;
+		SSL_SESSION *offer = tls13_newest;
+		tls13_newest = NULL;
+		tls13_tickets = 0;
+		resume_with = offer;
+		assert_int_equal(server_handshake(sctx, cctx, &s, &cl), 0);
+		resume_with = NULL;
+		assert_int_equal(SSL_session_reused(cl), i > 0);
+		/* the tickets follow the handshake: reading takes them in */
+		assert_true(SSL_read(cl, buf, sizeof(buf)) <= 0);
+		assert_int_equal(tls13_tickets, 1);
+		assert_non_null(tls13_newest);
+		assert_true(SSL_SESSION_is_resumable(tls13_newest));
+		if (offer != NULL)
+			assert_ptr_not_equal(offer, tls13_newest);
+		SSL_SESSION_free(offer);
+		SSL_set_shutdown(cl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+		SSL_set_shutdown(s, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+		SSL_free(s);
+		SSL_free(cl);
+	}
+	/* after a key rotation the ticket still resumes (previous key), once more */
+	tls_tickets_rotate(sctx);
+	SSL *s, *cl;
+	SSL_SESSION *offer = tls13_newest;
+	tls13_newest = NULL;
+	resume_with = offer;
+	assert_int_equal(server_handshake(sctx, cctx, &s, &cl), 0);
+	resume_with = NULL;
+	assert_int_equal(SSL_session_reused(cl), 1);
+	SSL_SESSION_free(offer);
+	SSL_free(s);
+	SSL_free(cl);
+	SSL_SESSION_free(tls13_newest);
+	tls13_newest = NULL;
+	SSL_CTX_free(cctx);
+	SSL_CTX_free(sctx);
+}
+
 static void test_fingerprint_buffer(void **state)
 {
 	char small[10];
@@ -528,6 +600,7 @@ int main(void)
 	    cmocka_unit_test(test_handshakes),
 	    cmocka_unit_test(test_fingerprint_buffer),
 	    cmocka_unit_test(test_ticket_rotation),
+	    cmocka_unit_test(test_ticket_tls13_chain),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -13,6 +13,8 @@ Environment (defaults in brackets):
   CONNS_HI [64]     a third throughput scenario: 1 msg/conn at this many
                     connections (0 or = CONNS: none), for a server that is
                     bound by session latency rather than CPU at CONNS
+  RESUME [1]        a fourth: 1 msg/conn at CONNS, the generator resuming TLS
+                    sessions (smtp-load --resume), as a sender with a session cache
   HS_DUR [5]        seconds per handshake-bound run
   IDLE_K [auto]     idle TLS sessions for strictmxd's memory (10000 if the fd
                     limit allows, else 1000)
@@ -46,6 +48,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DUR = float(os.environ.get("DUR", "10"))
 CONNS = int(os.environ.get("CONNS", "16"))
 CONNS_HI = int(os.environ.get("CONNS_HI", "64"))
+RESUME = os.environ.get("RESUME", "1") != "0"
 HS_DUR = float(os.environ.get("HS_DUR", "5"))
 PF_IDLE_K = int(os.environ.get("PF_IDLE_K", "200"))
 PERF = os.environ.get("PERF", "1") == "1" and shutil.which("perf") is not None
@@ -424,17 +427,18 @@ def load_run(server_addr, args, timeout):
     return js
 
 
-def throughput(srv, addr, msgs, dur, conns=None):
+def throughput(srv, addr, msgs, dur, conns=None, resume=False):
     conns = conns or CONNS
     la = loadavg()
     c0 = srv.cpu()
     js = load_run(addr, ["--connections", str(conns), "--messages", str(msgs),
-                         "--size", "4096", "--duration", str(dur)], dur + 120)
+                         "--size", "4096", "--duration", str(dur)]
+                  + (["--resume"] if resume else []), dur + 120)
     n_all = js["messages"] + js["messages_after_window"]
     srv.accepted += n_all
     drained = srv.drain(0)
     c1 = srv.cpu()
-    js.update({"server": srv.label, "conns": conns, "load_before": la,
+    js.update({"server": srv.label, "conns": conns, "resume": resume, "load_before": la,
                "load_after": loadavg(), "server_cpu_s": round(c1 - c0, 3),
                "server_cpu_ms_per_msg": round((c1 - c0) * 1000 / n_all, 3) if n_all else None,
                "drained": drained})
@@ -646,7 +650,7 @@ def main():
     os.chmod(work, 0o755)
     CA = os.path.join(work, "ca.crt")
     results = {"machine": machine(), "config": {
-        "rounds": ROUNDS, "dur": DUR, "conns": CONNS, "conns_hi": CONNS_HI, "hs_dur": HS_DUR, "idle_k": idle_k,
+        "rounds": ROUNDS, "dur": DUR, "conns": CONNS, "conns_hi": CONNS_HI, "resume": RESUME, "hs_dur": HS_DUR, "idle_k": idle_k,
         "pf_idle_k": PF_IDLE_K, "nofile": nofile, "smx_addr": SMX_ADDR, "pf_addr": PF_ADDR,
         "port": PORT}, "throughput": [], "handshake": [], "memory": [], "s_time": []}
     log("work dir %s; machine %s" % (work, results["machine"]))
@@ -674,19 +678,23 @@ def main():
             throughput(srv, addr, 1, 1)
 
         for r in range(ROUNDS if want("throughput") else 0):
-            scenarios = [(1, CONNS), (20, CONNS)]
+            scenarios = [(1, CONNS, False), (20, CONNS, False)]
             if CONNS_HI and CONNS_HI != CONNS:
-                scenarios.append((1, CONNS_HI))
-            for msgs, conns in scenarios:
+                scenarios.append((1, CONNS_HI, False))
+            if RESUME:
+                scenarios.append((1, CONNS, True))
+            for msgs, conns, resume in scenarios:
                 for srv, addr in servers:
-                    js = throughput(srv, addr, msgs, DUR, conns)
+                    js = throughput(srv, addr, msgs, DUR, conns, resume)
                     js["round"] = r + 1
                     if isinstance(srv, Strictmx) and not srv.check_alive(results, "throughput"):
                         srv.start(nofile)
                     results["throughput"].append(js)
-                    log("round %d %s %d msg/conn x %d: %.1f msg/s, p50 %.2f ms, p99 %.2f ms, "
+                    log("round %d %s %d msg/conn x %d%s: %.1f msg/s, p50 %.2f ms, p99 %.2f ms, "
                         "errors %d, server CPU %.3f ms/msg, load %s"
-                        % (r + 1, srv.label, msgs, conns, js["msgs_per_s"], js["p50_ms"],
+                        % (r + 1, srv.label, msgs, conns,
+                           " resumed %d/%d" % (js.get("resumed", 0), js["handshakes"])
+                           if resume else "", js["msgs_per_s"], js["p50_ms"],
                            js["p99_ms"],
                            js["errors"], js["server_cpu_ms_per_msg"] or 0, js["load_after"]))
 

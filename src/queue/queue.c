@@ -32,6 +32,7 @@
 #define SCAN_LIMIT  1000
 #define RESCAN_SECS 30 /* wake up at least this often (CLI changes) */
 #define HEADERS_MAX 65536
+#define SYNC_USECS  100000 /* results wait at most this long for an fsync */
 
 enum rcpt_state { RS_QUEUED = 0, RS_DELIVERED = 1, RS_FAILED = 2 };
 
@@ -80,6 +81,12 @@ struct queue {
 	struct event *commit_ev;
 	struct event *sched_ev;
 	struct event *results_ev; /* commits finished jobs' results, grouped */
+	struct event *sync_ev;    /* makes results durable when no commit does */
+	char *wal_path;           /* queue.db-wal */
+	/* worker thread: messages whose rows' deletion is committed but not yet
+	 * fsync'd; their bodies go once it is (flush_unsynced) */
+	char **unsynced;
+	size_t n_unsynced, cap_unsynced;
 	struct stmt_cache stmts[STMT_CACHE];
 	struct active_job *active;
 	size_t n_active;
@@ -106,6 +113,8 @@ static const char SCHEMA[] =
 
 static void schedule_commit(struct queue *q);
 static void schedule_scan(struct queue *q, time_t when);
+static void remove_body(struct queue *q, const char *msg_id);
+static void run(struct queue *q, worker_fn work, worker_fn done, void *arg);
 
 void queue_new_id(char out[32])
 {
@@ -335,6 +344,55 @@ static void files_work(void *arg)
 	free(who);
 }
 
+/*
+ * Results (deliveries, deferrals, failures) are committed without an fsync
+ * of their own (synchronous=NORMAL): the next message commit's fsync of the
+ * WAL, or sync_work's when none comes, makes them durable. Until then a body
+ * whose rows were deleted stays in the queue directory, so a power loss can
+ * bring a delivered message back, to be delivered again (Postfix, which
+ * unlinks its queue files without an fsync, has the same window), but never
+ * a row without its body.
+ */
+static void flush_unsynced(struct queue *q)
+{
+	for (size_t i = 0; i < q->n_unsynced; i++) {
+		remove_body(q, q->unsynced[i]);
+		free(q->unsynced[i]);
+	}
+	q->n_unsynced = 0;
+}
+
+/* sync_work - on the worker: fsync the WAL, then remove what waited for it */
+static void sync_work(void *arg)
+{
+	struct queue *q = arg;
+	if (q->n_unsynced == 0)
+		return;
+	int fd = open(q->wal_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fdatasync(fd) < 0) {
+		/* the bodies stay; the next message commit or sync tries again */
+		log_err("event=queue_error error=\"fsync %s: %s\"", q->wal_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	flush_unsynced(q);
+}
+
+static void sync_done(void *arg)
+{
+	(void)arg;
+}
+
+static void sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct queue *q = arg;
+	run(q, sync_work, sync_done, q);
+}
+
 static void db_work(void *arg)
 {
 	struct batch *b = arg;
@@ -353,6 +411,8 @@ static void db_work(void *arg)
 			ok_all = db_exec(q, "COMMIT") == 0;
 		if (!ok_all)
 			db_exec(q, "ROLLBACK");
+		else
+			flush_unsynced(q); /* that COMMIT's fsync made them durable */
 	}
 	b->n_ok = 0;
 	for (struct pending *p = b->list; p; p = p->next) {
@@ -1032,6 +1092,7 @@ struct results_req {
 	struct active_job **jobs;
 	size_t n;
 	bool ok;
+	bool unsynced; /* bodies wait for an fsync of the WAL */
 };
 
 static void results_work(void *arg)
@@ -1040,7 +1101,9 @@ static void results_work(void *arg)
 	struct queue *q = r->q;
 	char **removed = xcalloc(r->n, sizeof(*removed));
 	size_t n_removed = 0;
-	bool ok = db_exec(q, "BEGIN IMMEDIATE") == 0;
+	/* no fsync of its own: see flush_unsynced */
+	bool ok =
+	    db_exec(q, "PRAGMA synchronous=NORMAL") == 0 && db_exec(q, "BEGIN IMMEDIATE") == 0;
 	for (size_t i = 0; ok && i < r->n; i++)
 		if (apply_results(q, r->jobs[i], r->jobs[i]->results))
 			removed[n_removed++] = xstrdup(r->jobs[i]->job.msg_id);
@@ -1048,13 +1111,23 @@ static void results_work(void *arg)
 		ok = false;
 	if (!ok)
 		db_exec(q, "ROLLBACK");
+	if (db_exec(q, "PRAGMA synchronous=FULL") < 0)
+		log_err("event=queue_db_error error=\"%s\"", sqlite3_errmsg(q->db));
 	r->ok = ok;
-	/* bodies go only after the COMMIT that deleted their rows */
+	/* bodies go only once the COMMIT that deleted their rows is durable */
 	for (size_t i = 0; i < n_removed; i++) {
-		if (ok)
-			remove_body(q, removed[i]);
-		free(removed[i]);
+		if (ok) {
+			if (q->n_unsynced == q->cap_unsynced) {
+				q->cap_unsynced = q->cap_unsynced ? 2 * q->cap_unsynced : 64;
+				q->unsynced =
+				    xrealloc(q->unsynced, q->cap_unsynced * sizeof(*q->unsynced));
+			}
+			q->unsynced[q->n_unsynced++] = removed[i];
+		} else {
+			free(removed[i]);
+		}
 	}
+	r->unsynced = q->n_unsynced > 0;
 	free(removed);
 }
 
@@ -1086,6 +1159,11 @@ static void results_done(void *arg)
 				job_free(r->jobs[i]);
 				break;
 			}
+	if (r->unsynced && !event_pending(q->sync_ev, EV_TIMEOUT, NULL)) {
+		/* a message commit would do it sooner; this is when none comes */
+		struct timeval tv = {0, SYNC_USECS};
+		event_add(q->sync_ev, &tv);
+	}
 	free(r->jobs);
 	free(r);
 	schedule_scan(q, 0);
@@ -1224,6 +1302,7 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 		queue_close(&q);
 		return NULL;
 	}
+	q->wal_path = xasprintf("%s-wal", dbpath);
 	free(dbpath);
 	sqlite3_busy_timeout(q->db, 5000);
 	/* FULL: a committed transaction survives power loss (docs/queue.md) */
@@ -1235,6 +1314,7 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	q->commit_ev = evtimer_new(base, commit_cb, q);
 	q->sched_ev = evtimer_new(base, scan_cb, q);
 	q->results_ev = evtimer_new(base, results_cb, q);
+	q->sync_ev = evtimer_new(base, sync_cb, q);
 	recover(q);
 	/* from here on the database belongs to the worker thread */
 	q->w = worker_new(base, "queue", err, errlen);
@@ -1261,6 +1341,8 @@ void queue_close(struct queue **qp)
 		commit_cb(-1, 0, q);
 	if (q->results_ev)
 		results_cb(-1, 0, q);
+	if (q->db)
+		sync_work(q); /* the last results made durable, their bodies removed */
 	maildir_recycle_clear();
 	while (q->active) {
 		struct active_job *a = q->active;
@@ -1273,11 +1355,17 @@ void queue_close(struct queue **qp)
 		event_free(q->sched_ev);
 	if (q->results_ev)
 		event_free(q->results_ev);
+	if (q->sync_ev)
+		event_free(q->sync_ev);
 	for (size_t i = 0; i < STMT_CACHE; i++)
 		if (q->stmts[i].st)
 			sqlite3_finalize(q->stmts[i].st);
 	if (q->db)
 		sqlite3_close(q->db);
+	for (size_t i = 0; i < q->n_unsynced; i++)
+		free(q->unsynced[i]);
+	free(q->unsynced);
+	free(q->wal_path);
 	free(q->dir);
 	free(q->spool_dir);
 	free(q);

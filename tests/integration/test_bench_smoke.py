@@ -91,10 +91,13 @@ class BenchSmoke(unittest.TestCase):
         """report.py turns a result file into the markdown section (synthetic numbers)."""
         thr = []
         for srv in ("strictmxd", "postfix"):
-            for m, conns in ((1, 1), (20, 1), (1, 4)):
+            for m, conns, res in ((1, 1, False), (20, 1, False), (1, 4, False), (1, 1, True)):
                 thr.append({"server": srv, "messages_per_conn": m, "conns": conns,
+                            "resume": res,
                             "msgs_per_s": (400.0 if conns == 4 and srv == "strictmxd"
+                                           else 350.0 if res and srv == "strictmxd"
                                            else 100.0),
+                            "handshakes": 10, "resumed": 9 if res else 0,
                             "handshakes_per_s": 10.0, "p50_ms": 1.0, "p99_ms": 2.0,
                             "errors": 0, "server_cpu_s": 1.0, "server_cpu_ms_per_msg": 1.0,
                             "load_before": "0 0 0", "load_after": "0 0 0", "round": 1})
@@ -129,6 +132,11 @@ class BenchSmoke(unittest.TestCase):
         self.assertIn("| 1 msg/conn, 4 conns | strictmxd | 400.0", text)
         # the target row names both concurrencies and says where it was met
         self.assertIn("1.00× at 1 connections; 4.00× at 4 | **met at 4 connections**, not at 1",
+                      text)
+        # the resumed-session scenario: its own row, the share resumed, and its ratio
+        self.assertIn("| 1 msg/conn, 1 conns, sessions resumed (90% of handshakes) | strictmxd "
+                      "| 350.0", text)
+        self.assertIn("| (the same, the sender resuming TLS sessions) | (≥ 3× Postfix) | 3.50×",
                       text)
 
     def test_smoke_run(self):

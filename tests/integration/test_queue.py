@@ -168,5 +168,44 @@ class Discard(unittest.TestCase):
         self.assertEqual(json.loads(cli(d, "queue", "list", "--json").stdout), [])
 
 
+
+class ResultsDurability(unittest.TestCase):
+    """A delivery's result is committed without an fsync of its own: the body of a
+    delivered message leaves data_dir/queue/ once the WAL was fsync'd, by the next
+    message's commit or, with no more mail, by the queue within ~100 ms."""
+
+    def queue_files(self, d):
+        q = os.path.join(d.data_dir, "queue")
+        return [n for n in os.listdir(q) if not n.startswith(".")]
+
+    def test_body_removed_without_further_mail(self):
+        d = daemon("")
+        self.addCleanup(d.stop)
+        r = smxtest.send_mail(d.port, "one")
+        self.assertEqual(r.code, 250, r)
+        self.assertEqual(len(d.wait_mail("example.org", "u")), 1)
+        # nothing else arrives: only the queue's own fsync of the WAL removes it
+        self.assertTrue(smxtest.poll(lambda: self.queue_files(d) == [], 5),
+                        self.queue_files(d))
+        log = d.log_text()
+        self.assertLess(log.index("result=delivered"), log.index("event=removed"))
+        # a restart neither delivers it again nor finds anything to recover
+        os.environ["SMX_KEEP_TMP"] = "1"  # the same data_dir is started again
+        try:
+            d.stop()
+        finally:
+            del os.environ["SMX_KEEP_TMP"]
+        d._stopped = False
+        d.start()
+        self.assertTrue(smxtest.poll(lambda: "event=queue_recovered messages=0"
+                                     in d.log_text(), 30), d.log_text())
+        r = smxtest.send_mail(d.port, "two")
+        self.assertEqual(r.code, 250, r)
+        files = d.wait_mail("example.org", "u", count=2)
+        self.assertEqual(len(files), 2)
+        self.assertTrue(smxtest.poll(lambda: self.queue_files(d) == [], 5))
+        self.assertEqual(len(d.mail_files("example.org", "u")), 2)
+
+
 if __name__ == "__main__":
     unittest.main()

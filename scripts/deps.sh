@@ -10,7 +10,7 @@ BUILD_PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-de
  libcurl4-openssl-dev libcrypt-dev openssl ca-certificates dns-root-data"
 TEST_PKGS="libcmocka-dev swaks libnet-ssleay-perl libio-socket-ssl-perl postfix testssl.sh python3 nsd ldnsutils unbound
  nginx faketime dovecot-core dovecot-lmtpd bind9-dnsutils bsdextrautils sqlite3 procps iproute2 cppcheck clang-format clang-tidy valgrind curl
- chromium"
+ chromium python3-fusepy fuse"
 
 pkgs=$BUILD_PKGS
 [ "$what" = test ] && pkgs="$pkgs $TEST_PKGS"

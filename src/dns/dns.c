@@ -285,6 +285,29 @@ static void ub_log_open(void)
 		setvbuf(ub_log_stream, NULL, _IOLBF, 0);
 }
 
+/* ---- trust anchors ---- */
+
+int dns_anchor_owner(const char *path, char *out, size_t outlen)
+{
+	FILE *f = fopen(path, "r");
+	char line[1024];
+	int rc = -1;
+
+	if (f == NULL)
+		return -1;
+	while (rc < 0 && fgets(line, sizeof(line), f) != NULL) {
+		size_t n = strcspn(line, " \t\r\n;");
+		/* comments, blank lines, $ORIGIN/$TTL, continuation lines */
+		if (n == 0 || line[0] == '$' || n >= outlen)
+			continue;
+		memcpy(out, line, n);
+		out[n] = '\0';
+		rc = 0;
+	}
+	fclose(f);
+	return rc;
+}
+
 /* ---- setup ---- */
 
 /* bounded formatting into err and reason buffers (truncation is fine there) */

@@ -143,6 +143,12 @@ int dns_resolve_addrs(struct dns_ctx *ctx, const char *host, uint16_t port, dns_
                       void *arg, int *id);
 
 /* names for logs and JSON: "ok", "nodata", "secure", ... */
+/*
+ * dns_anchor_owner - the owner name of the first record of a trust anchor file
+ * (". IN DS ..." gives "."); -1 when the file cannot be read or has no record.
+ */
+int dns_anchor_owner(const char *path, char *out, size_t outlen);
+
 const char *dns_status_name(enum dns_status s);
 const char *dns_sec_name(enum dns_sec s);
 const char *dns_mx_status_name(enum dns_mx_status s);

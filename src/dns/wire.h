@@ -20,14 +20,15 @@
 #include <sys/socket.h>
 
 /* RR types used by strictmx */
-#define DNS_T_A     1
-#define DNS_T_NS    2
-#define DNS_T_CNAME 5
-#define DNS_T_SOA   6
-#define DNS_T_MX    15
-#define DNS_T_TXT   16
-#define DNS_T_AAAA  28
-#define DNS_T_TLSA  52
+#define DNS_T_A      1
+#define DNS_T_NS     2
+#define DNS_T_CNAME  5
+#define DNS_T_SOA    6
+#define DNS_T_MX     15
+#define DNS_T_TXT    16
+#define DNS_T_AAAA   28
+#define DNS_T_DNSKEY 48
+#define DNS_T_TLSA   52
 
 /* header RCODEs */
 #define DNS_RCODE_NOERROR  0

@@ -50,6 +50,7 @@ struct engine {
 	struct remote_ctx *remote_jobs;
 	struct worker *mw; /* Maildir deliveries */
 	struct md_job *md_pending, **md_tail, *md_inflight;
+	bool anchors_checked; /* at the first remote delivery: check_anchors() */
 };
 
 static void result_set(struct queue_rcpt_result *r, enum queue_outcome o, int code, const char *enh,
@@ -300,8 +301,63 @@ static void remote_done(void *arg, const struct outbound_rcpt_outcome *o, size_t
 	free(res);
 }
 
+#define NO_DANE_EFFECT                                                                             \
+	"DANE cannot be used: TLSA records are not trusted, DANE destinations are verified by "    \
+	"PKIX, dane-only ones defer"
+
+/* anchor_cb - the DNSKEY set of a trust anchor's zone: validated, or DANE is off */
+static void anchor_cb(void *arg, const struct dns_result *r)
+{
+	(void)arg;
+	if (r->status == DNS_OK && r->sec == DNS_SEC_SECURE) {
+		log_info("event=dnssec_ready anchor=%s", r->name);
+		return;
+	}
+	const char *why = r->why_bogus ? r->why_bogus : r->error ? r->error : "";
+	char esc[512];
+	log_err("event=dnssec_unvalidated anchor=%s status=%s sec=%s why=\"%s\" effect=\"%s\" "
+	        "hint=\"check [dns] trust_anchor and that the resolver reaches the zone\"",
+	        r->name, dns_status_name(r->status), dns_sec_name(r->sec),
+	        log_escape(why, strlen(why), esc, sizeof(esc)), NO_DANE_EFFECT);
+}
+
+/*
+ * check_anchors - a trust anchor that does not validate (wrong key, rolled
+ * key, unreachable zone) leaves every answer insecure without an error
+ * anywhere: DANE silently off. So the first remote delivery (the first time
+ * the daemon resolves anyway, no query at startup) also asks for each
+ * anchor's DNSKEY set and logs whether it validates.
+ */
+static void check_anchors(struct engine *e)
+{
+	const struct strlist *ta = &e->cfg->trust_anchors;
+	if (ta->n == 0) {
+		log_err(
+		    "event=dnssec_unvalidated reason=\"no trust_anchor configured\" effect=\"%s\"",
+		    NO_DANE_EFFECT);
+		return;
+	}
+	for (size_t i = 0; i < ta->n; i++) {
+		char owner[256];
+		if (dns_anchor_owner(ta->v[i], owner, sizeof(owner)) < 0) {
+			log_err("event=dnssec_unvalidated file=%s reason=\"no record in the trust "
+			        "anchor "
+			        "file\" effect=\"%s\"",
+			        ta->v[i], NO_DANE_EFFECT);
+			continue;
+		}
+		if (dns_query(e->dns, owner, DNS_T_DNSKEY, anchor_cb, e, NULL) < 0)
+			log_err("event=dnssec_unvalidated anchor=%s reason=\"query failed\"",
+			        owner);
+	}
+}
+
 static void deliver_remote(struct engine *e, struct queue *q, const struct queue_job *job)
 {
+	if (!e->anchors_checked) {
+		e->anchors_checked = true;
+		check_anchors(e);
+	}
 	struct remote_ctx *rc = xcalloc(1, sizeof(*rc));
 	rc->e = e;
 	rc->job_id = job->job_id;

@@ -608,6 +608,50 @@ class BedCase(unittest.TestCase):
 # The bed itself, without strictmx
 # --------------------------------------------------------------------------------------
 
+class TestTrustAnchorCheck(BedCase):
+    """Security case 49: a trust anchor that does not validate leaves every answer
+    insecure, so DANE is silently off. At its first remote delivery strictmxd asks for
+    each anchor's DNSKEY set and says in its log whether it validates."""
+
+    def anchor_daemon(self, anchor_lines):
+        d = Daemon(start=False)
+        extra = ["", "[server]", "relay_networks = 127.0.0.0/8",
+                 "", "[dns]", "stub = %s" % self.bed.dns.stub]
+        if anchor_lines is not None:
+            ta = os.path.join(d.tmp, "anchor.key")
+            with open(ta, "w") as f:
+                f.write("\n".join(anchor_lines) + "\n")
+            extra.append("trust_anchor = %s" % ta)
+        extra += ["", "[outbound]", "ca_file = %s" % self.bed.ca.ca_file, "smtp_port = 25",
+                  "connect_timeout = 5", "command_timeout = 10", ""]
+        with open(d.conf, "a") as f:
+            f.write("\n".join(extra))
+        d.start()
+        self.addCleanup(d.stop)
+        # a name the bed does not have: no MX of the bed is contacted
+        swaks_submit(d.port, "user@no-such-domain.lab", "anchor check")
+        return d
+
+    def test_bed_anchor_validates(self):
+        d = self.bed.daemon
+        self.assertTrue(d.wait_log(r"event=dnssec_ready anchor=lab\.", 60),
+                        d.log_text()[-3000:])
+        self.assertNotIn("event=dnssec_unvalidated", d.log_text())
+
+    def test_wrong_anchor_is_reported(self):
+        # a DS that matches no key of lab.: the zone's keys do not validate
+        d = self.anchor_daemon(["; a wrong key", "lab. IN DS 4711 13 2 " + "00" * 32])
+        self.assertTrue(d.wait_log(r"event=dnssec_unvalidated anchor=lab\. status=\w+ "
+                                   r"sec=bogus .*effect=\"DANE cannot be used", 60),
+                        d.log_text()[-3000:])
+        self.assertNotIn("event=dnssec_ready", d.log_text())
+
+    def test_no_anchor_is_reported(self):
+        d = self.anchor_daemon(None)
+        self.assertTrue(d.wait_log(r"event=dnssec_unvalidated reason=\"no trust_anchor "
+                                   r"configured\"", 60), d.log_text()[-3000:])
+
+
 class TestFixtures(BedCase):
     def dig(self, name, rtype):
         r = subprocess.run(["dig", "+dnssec", "+norec", "+time=3", "+tries=1",

@@ -380,17 +380,12 @@ static void sync_work(void *arg)
 	flush_unsynced(q);
 }
 
-static void sync_done(void *arg)
-{
-	(void)arg;
-}
-
 static void sync_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct queue *q = arg;
-	run(q, sync_work, sync_done, q);
+	run(q, sync_work, NULL, q);
 }
 
 static void db_work(void *arg)
@@ -448,14 +443,16 @@ static void commit_done(void *arg)
 	free(b);
 }
 
-/* run - blocking work on the database worker, or here when there is none */
+/* run - blocking work on the database worker, or here when there is none;
+ * done (may be NULL) then runs on the loop */
 static void run(struct queue *q, worker_fn work, worker_fn done, void *arg)
 {
 	if (q->w)
 		worker_submit(q->w, work, done, arg);
 	else {
 		work(arg);
-		done(arg);
+		if (done)
+			done(arg);
 	}
 }
 

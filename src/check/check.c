@@ -961,7 +961,7 @@ struct check_engine *check_engine_new(struct event_base *base, const struct conf
 	if (e->tls == NULL)
 		goto fail;
 	/* every name of a scan is new: room for all the validated RRsets (docs/checker.md) */
-	e->dns = dns_new_scan(base, c, CHECK_DNS_CACHE_MB, err, errlen);
+	e->dns = dns_new_scan(base, c, CHECK_DNS_CACHE_MB, e->o.dns_transport, err, errlen);
 	if (e->dns == NULL)
 		goto fail;
 	dns_set_timeout(e->dns, e->o.timeout * 1000);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "dns/dns.h"
 #include "policy/policy.h"
 
 struct event_base;
@@ -133,6 +134,7 @@ struct check_opts {
 	uint16_t port;    /* 0: the plan's (config smtp_port) */
 	unsigned timeout; /* seconds, each step (connect, each reply, handshake, DNS) */
 	unsigned per_ip;  /* connections at once to one address */
+	enum dns_transport dns_transport; /* --dns-transport; 0: auto (dns_new_scan) */
 };
 
 /* what the engine did: probes run, and probes answered by another domain's result */

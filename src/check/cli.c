@@ -55,6 +55,37 @@ static int num_arg(const char *cmd, const char *opt, const char *v, long min, lo
 	return 0;
 }
 
+static int transport_arg(const char *cmd, const char *opt, const char *v, enum dns_transport *out)
+{
+	if (dns_transport_parse(v, out) < 0) {
+		fprintf(stderr, "strictmx: %s: %s: expected auto, udp or tcp, got '%s'\n", cmd, opt,
+		        v != NULL ? v : "nothing");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * loop_new - the event loop of check, of scan and of each scan worker: with libevent's
+ * epoll change list, so the adds and deletes of one loop turn reach the kernel as one
+ * epoll_ctl per descriptor (a probe's connection turns reading and writing on and off at
+ * every step of the SMTP dialogue and the handshake): ~10 % fewer system calls in a scan
+ * (docs/checker.md). Its one caveat, descriptors shared through dup(), does not apply:
+ * nothing here dups a socket.
+ */
+static struct event_base *loop_new(void)
+{
+	struct event_config *cfg = event_config_new();
+	struct event_base *base;
+
+	if (cfg == NULL)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
+}
+
 /* a generous bound on the whole run: every step is bounded, this is the belt */
 static struct timeval run_deadline(unsigned timeout, size_t n_domains, unsigned concurrency)
 {
@@ -111,6 +142,11 @@ int check_cli(const struct config *c, int argc, char **argv)
 				goto bad;
 			o.timeout = (unsigned)v;
 			i++;
+		} else if (!strcmp(a, "--dns-transport")) {
+			if (transport_arg("check", a, i + 1 < argc ? argv[i + 1] : NULL,
+			                  &o.dns_transport) < 0)
+				goto bad;
+			i++;
 		} else if (a[0] == '-') {
 			fprintf(stderr, "strictmx: check: unknown option '%s'\n", a);
 			goto bad;
@@ -127,9 +163,9 @@ int check_cli(const struct config *c, int argc, char **argv)
 	log_set_level(LOG_LVL_ERR);
 	signal(SIGPIPE, SIG_IGN); /* a peer that closes early is reported, not fatal */
 
-	struct event_base *base = event_base_new();
+	struct event_base *base = loop_new();
 	if (base == NULL) {
-		fprintf(stderr, "strictmx: check: event_base_new failed\n");
+		fprintf(stderr, "strictmx: check: cannot create the event loop\n");
 		free(domains);
 		return 2;
 	}
@@ -412,7 +448,7 @@ static int worker_main(int fd, const struct config *c, const struct check_opts *
 	char err[512];
 	int rc = 0;
 
-	w.base = event_base_new();
+	w.base = loop_new();
 	if (w.base == NULL)
 		return 2;
 	w.e = check_engine_new(w.base, c, o, err, sizeof(err));
@@ -539,7 +575,7 @@ static bool scan_parallel(struct scan *s, const struct config *c, const struct c
 		return false;
 	}
 	s->per_worker = (s->concurrency + started - 1) / started;
-	s->base = event_base_new();
+	s->base = loop_new();
 	for (unsigned i = 0; i < started; i++) {
 		struct scan_worker *w = &s->workers[i];
 		w->bev = s->base ? bufferevent_socket_new(s->base, fds[i][0], BEV_OPT_CLOSE_ON_FREE)
@@ -681,6 +717,10 @@ int scan_cli(const struct config *c, int argc, char **argv)
 				goto bad;
 			o.timeout = (unsigned)v;
 			i++;
+		} else if (!strcmp(a, "--dns-transport")) {
+			if (transport_arg("scan", a, val, &o.dns_transport) < 0)
+				goto bad;
+			i++;
 		} else if (!strcmp(a, "--output") || !strcmp(a, "--html") ||
 		           !strcmp(a, "--postfix-policy")) {
 			if (val == NULL) {
@@ -799,9 +839,9 @@ int scan_cli(const struct config *c, int argc, char **argv)
 	wo.per_ip = o.per_ip / jobs;
 
 	/* the engine is set up once here, so that a bad setting is reported once */
-	s.base = event_base_new();
+	s.base = loop_new();
 	if (s.base == NULL) {
-		fprintf(stderr, "strictmx: scan: event_base_new failed\n");
+		fprintf(stderr, "strictmx: scan: cannot create the event loop\n");
 		rc = 2;
 		goto out;
 	}
@@ -822,7 +862,7 @@ int scan_cli(const struct config *c, int argc, char **argv)
 			        jobs, strerror(errno));
 			jobs = 1;
 			if (s.base == NULL)
-				s.base = event_base_new();
+				s.base = loop_new();
 			s.e = s.base ? check_engine_new(s.base, c, &o, err, sizeof(err)) : NULL;
 			if (s.e == NULL) {
 				fprintf(stderr, "strictmx: scan: %s\n", err);

@@ -7,6 +7,7 @@
  *   strictmx [-c FILE] queue delete ID
  *   strictmx [-c FILE] policy DOMAIN [--json]
  *   strictmx [-c FILE] check DOMAIN... [--json] [--no-color] [--port N] [--timeout S]
+ *                                     [--dns-transport auto|udp|tcp]
  *   strictmx [-c FILE] scan [FILE|-] [options]
  *   strictmx --version | help
  *
@@ -36,10 +37,12 @@ static void usage(FILE *f)
 	    "  policy DOMAIN [--json]    what delivery to DOMAIN must prove: each MX and the\n"
 	    "                            method that must verify it (dane, mta-sts+pkix, pkix)\n"
 	    "  check DOMAIN... [--json] [--no-color] [--port N] [--timeout S]\n"
+	    "        [--dns-transport auto|udp|tcp]\n"
 	    "                            would strictmx deliver? STARTTLS, certificates, DANE,\n"
 	    "                            MTA-STS, TLS-RPT and inbound enforcement, per MX\n"
 	    "  scan [FILE|-] [--concurrency N] [--per-ip N] [--jobs N] [--output FILE]\n"
-	    "       [--resume] [--html FILE] [--postfix-policy FILE]\n"
+	    "       [--resume] [--html FILE] [--postfix-policy FILE] [--port N] [--timeout S]\n"
+	    "       [--dns-transport auto|udp|tcp]\n"
 	    "                            check many domains: JSON lines and a summary\n"
 	    "  help                      this text\n"
 	    "  version                   the version (also --version)\n"

@@ -368,22 +368,49 @@ static int set_cache(struct ub_ctx *ub, unsigned mb, char *err, size_t errlen)
 }
 
 static struct dns_ctx *dns_create(struct event_base *base, const struct config *c,
-                                  unsigned cache_mb, char *err, size_t errlen);
+                                  unsigned cache_mb, bool tcp, char *err, size_t errlen);
 
 struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *err, size_t errlen)
 {
-	return dns_create(base, c, 0, err, errlen);
+	return dns_create(base, c, 0, false, err, errlen);
+}
+
+int dns_transport_parse(const char *s, enum dns_transport *out)
+{
+	static const struct {
+		const char *name;
+		enum dns_transport t;
+	} names[] = {
+	    {"auto", DNS_TRANSPORT_AUTO}, {"udp", DNS_TRANSPORT_UDP}, {"tcp", DNS_TRANSPORT_TCP}};
+
+	for (size_t i = 0; s != NULL && i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(s, names[i].name)) {
+			*out = names[i].t;
+			return 0;
+		}
+	return -1;
+}
+
+bool dns_transport_tcp(const struct config *c, enum dns_transport t)
+{
+	if (t != DNS_TRANSPORT_AUTO)
+		return t == DNS_TRANSPORT_TCP;
+	return c != NULL && (c->dns_forward || c->stubs.n > 0);
 }
 
 struct dns_ctx *dns_new_scan(struct event_base *base, const struct config *c, unsigned cache_mb,
-                             char *err, size_t errlen)
+                             enum dns_transport transport, char *err, size_t errlen)
 {
-	return dns_create(base, c, cache_mb > 0 ? cache_mb : 1, err, errlen);
+	return dns_create(base, c, cache_mb > 0 ? cache_mb : 1, dns_transport_tcp(c, transport),
+	                  err, errlen);
 }
 
-/* dns_create - cache_mb 0: the daemon's resolver (libunbound's defaults); else a scan's */
+/*
+ * dns_create - cache_mb 0: the daemon's resolver (libunbound's defaults); else a scan's;
+ * tcp: queries over TCP streams (dns_new_scan)
+ */
 static struct dns_ctx *dns_create(struct event_base *base, const struct config *c,
-                                  unsigned cache_mb, char *err, size_t errlen)
+                                  unsigned cache_mb, bool tcp, char *err, size_t errlen)
 {
 	struct dns_ctx *ctx;
 	struct ub_ctx *ub;
@@ -435,6 +462,13 @@ static struct dns_ctx *dns_create(struct event_base *base, const struct config *
 
 	if (cache_mb > 0 && set_cache(ub, cache_mb, err, errlen) < 0)
 		goto fail;
+	if (tcp) {
+		rc = ub_ctx_set_option(ub, "tcp-upstream:", "yes");
+		if (rc != 0) {
+			textf(err, errlen, "dns: tcp-upstream: %s", ub_strerror(rc));
+			goto fail;
+		}
+	}
 	if (cache_mb > 0) {
 		/* a scan asks for every name it needs anyway (dns.h, docs/checker.md) */
 		rc = ub_ctx_set_option(ub, "qname-minimisation:", "no");

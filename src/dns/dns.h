@@ -71,9 +71,22 @@ struct dns_ctx *dns_new(struct event_base *base, const struct config *c, char *e
  * query for each label on the way, e.g. `_tls.example.org`) cost ~1.75 more queries per domain to
  * send, answer and validate (the delivery daemon, dns_new, keeps libunbound's defaults:
  * minimisation on, 4 MB caches).
+ *
+ * transport: how the queries reach the servers. DNS_TRANSPORT_AUTO is TCP when [dns] names
+ * servers to ask (resolver = forward, or stub zones) and UDP when libunbound recurses itself.
+ * Over TCP libunbound keeps a few streams to each server open and sends query after query on
+ * them; over UDP it opens, binds, connects and closes a socket for every query (source-port
+ * randomisation). For a scan's ~6 queries per domain to one resolver that is ~40 % fewer
+ * system calls and ~15 % less scanner CPU (docs/checker.md); TCP answers cannot be spoofed
+ * off-path either. The daemon (dns_new) keeps libunbound's UDP.
  */
+enum dns_transport { DNS_TRANSPORT_AUTO, DNS_TRANSPORT_UDP, DNS_TRANSPORT_TCP };
 struct dns_ctx *dns_new_scan(struct event_base *base, const struct config *c, unsigned cache_mb,
-                             char *err, size_t errlen);
+                             enum dns_transport transport, char *err, size_t errlen);
+/* dns_transport_parse - "auto", "udp", "tcp" -> 0 and *out; -1 for anything else */
+int dns_transport_parse(const char *s, enum dns_transport *out);
+/* dns_transport_tcp - whether a dns_new_scan resolver for c with transport t uses TCP */
+bool dns_transport_tcp(const struct config *c, enum dns_transport t);
 /* dns_free - cancel every outstanding query (no callbacks) and free; *ctx = NULL */
 void dns_free(struct dns_ctx **ctx);
 

@@ -27,10 +27,13 @@ relaying strictmxd does for the same domains, and scan (JSON lines, --resume, --
 import json
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -139,10 +142,10 @@ def tearDownModule():
         raise AssertionError("\n".join(errors))
 
 
-def strictmx(*args, timeout=CHECK_BOUND, input=None):
+def strictmx(*args, timeout=CHECK_BOUND, input=None, conf=None):
     env = dict(os.environ)
     env["ASAN_OPTIONS"] = "detect_leaks=1"
-    p = subprocess.run([smxtest.STRICTMX, "-c", ENV["conf"]] + list(args), input=input,
+    p = subprocess.run([smxtest.STRICTMX, "-c", conf or ENV["conf"]] + list(args), input=input,
                        capture_output=True, text=True, timeout=timeout, env=env,
                        stdin=None if input is not None else subprocess.DEVNULL)
     for m in smxtest.SANITIZER_MARKERS:
@@ -442,6 +445,111 @@ class TestScan(unittest.TestCase):
         self.assertIn("summary: 1 domain", p.stderr)
         p = strictmx("scan", "--resume")
         self.assertEqual(p.returncode, 2)
+
+
+class TcpRelay:
+    """A TCP-only DNS path: accepts on 127.0.0.6 (no UDP socket there) and relays each
+    connection to the bed's NSD over TCP, counting connections and bytes asked."""
+
+    def __init__(self, target):
+        self.target = target
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.6", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.conns = 0
+        self.bytes_in = 0
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.lsock.settimeout(0.2)
+        while not self.stop_ev.is_set():
+            try:
+                c, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            self.conns += 1
+            threading.Thread(target=self._pump, args=(c,), daemon=True).start()
+
+    def _pump(self, c):
+        u = socket.create_connection(self.target, timeout=5)
+        deadline = time.monotonic() + 60
+        try:
+            while not self.stop_ev.is_set() and time.monotonic() < deadline:
+                r, _, _ = select.select([c, u], [], [], 0.2)
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if s is c:
+                        self.bytes_in += len(data)
+                    (u if s is c else c).sendall(data)
+        except OSError:
+            return
+        finally:
+            c.close()
+            u.close()
+
+    def close(self):
+        self.stop_ev.set()
+        self.thread.join(5)
+        self.lsock.close()
+
+
+class TestDnsTransport(unittest.TestCase):
+    """--dns-transport: with a stub zone the check asks over TCP by default (auto), and
+    over UDP only when told; a resolver reachable only over TCP shows which was used."""
+
+    def setUp(self):
+        zone, _, hostport = ENV["dns"].stub.partition("@")
+        host, _, port = hostport.rpartition(":")
+        self.relay = TcpRelay((host, int(port)))
+        self.addCleanup(self.relay.close)
+        with open(ENV["conf"]) as f:
+            text = f.read()
+        self.conf = os.path.join(ENV["tmp"], "check-tcp-only.conf")
+        with open(self.conf, "w") as f:
+            f.write(text.replace("stub = %s" % ENV["dns"].stub,
+                                 "stub = %s@127.0.0.6:%d" % (zone, self.relay.port)))
+
+    def test_auto_and_tcp_use_tcp(self):
+        for opt in ([], ["--dns-transport", "auto"], ["--dns-transport", "tcp"]):
+            before = self.relay.bytes_in
+            p = strictmx("check", "valid.lab", "--json", "--timeout", TIMEOUT, *opt,
+                         conf=self.conf)
+            self.assertEqual(p.returncode, 0, "%s: %s%s" % (opt, p.stdout, p.stderr))
+            j = json.loads(p.stdout)
+            self.assertEqual(j["status"], "ok")
+            self.assertEqual(j["plan"]["mx_sec"], "secure", j["plan"])
+            self.assertEqual(j["verdict"]["text"], "yes, verified by PKIX (mx1.valid.lab)")
+            self.assertGreater(self.relay.bytes_in, before, opt)
+        self.assertGreaterEqual(self.relay.conns, 3)
+        p = strictmx("scan", "-", "--timeout", TIMEOUT, input="valid.lab\ndane.lab\n",
+                     conf=self.conf)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        verdicts = {json.loads(l)["domain"]: json.loads(l)["verdict"]["text"]
+                    for l in p.stdout.splitlines()}
+        self.assertEqual(verdicts, {"valid.lab": "yes, verified by PKIX (mx1.valid.lab)",
+                                    "dane.lab": "yes, verified by DANE (mx1.dane.lab)"},
+                         p.stdout)
+
+    def test_udp_on_request(self):
+        before = self.relay.bytes_in
+        t0 = time.monotonic()
+        p = strictmx("check", "valid.lab", "--dns-transport", "udp", "--timeout", "3",
+                     conf=self.conf)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("the check could not run", p.stderr)
+        self.assertEqual(self.relay.bytes_in, before)
+        self.assertLess(time.monotonic() - t0, 60)
+
+    def test_bad_value(self):
+        for cmd in ("check", "scan"):
+            p = strictmx(cmd, "valid.lab", "--dns-transport", "quic")
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("--dns-transport: expected auto, udp or tcp, got 'quic'", p.stderr)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@
  * 530 or 2xx to MAIL FROM): a connect failure, a timeout, a refusal or a
  * closed connection is tried again by the next domain. Entries live
  * SHARE_TTL seconds; at most SHARE_MAX finished entries are kept (LRU).
+ *
+ * A pilot per parent zone (docs/checker.md, "Pilots"): libunbound validates
+ * a zone's DNSKEY set once per query that waits for it, so 200 domains
+ * started at once under one parent (example.com, pop1.lab) had it fetched
+ * and its signatures checked 200 times over, with the trust anchor's. The
+ * first domain under a parent starts alone; the others wait until its first
+ * DNS answer is in (the keys are then in the cache), then all start.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -41,6 +48,8 @@
 #define SHARE_MAX          4096 /* finished entries kept */
 #define SHARE_TTL          300  /* seconds a finished entry is used */
 #define CHECK_DNS_CACHE_MB 64
+#define PILOT_BUCKETS      1024
+#define PILOT_MAX          8192 /* parents remembered; beyond, domains start at once */
 
 enum step { STEP_TLS, STEP_PKIX, STEP_ENFORCE, STEP_DONE };
 
@@ -97,9 +106,19 @@ struct ipslot {
 	struct job *head, *tail;
 };
 
+/* a parent zone: the domain whose DNS answers bring its keys, and who waits for them */
+struct pilot {
+	struct pilot *next; /* in the bucket */
+	struct dom *flying; /* the pilot domain until its first answer; NULL after */
+	struct dom *wait_head, *wait_tail;
+	char parent[256];
+};
+
 struct dom {
 	struct check_engine *e;
 	struct dom *prev, *next;
+	struct pilot *gate;        /* waiting on it (not started yet), or flying it */
+	struct dom *wnext, *wprev; /* in gate's waiting list */
 	struct check_result *r;
 	check_cb cb;
 	void *arg;
@@ -125,6 +144,8 @@ struct check_engine {
 	size_t n_lru;
 	struct job *ready_head, *ready_tail; /* steps answered from shared results */
 	struct event *ready_ev;
+	struct pilot *pilots[PILOT_BUCKETS];
+	size_t n_pilots;
 	bool closing;
 	struct check_stats stats;
 };
@@ -613,6 +634,18 @@ static void dom_free(struct dom *d)
 		free(j->tlsa);
 	}
 	free(d->jobs);
+	if (d->gate != NULL && d->gate->flying == d) {
+		d->gate->flying = NULL; /* only when the engine is freed */
+	} else if (d->gate != NULL) {
+		if (d->wprev)
+			d->wprev->wnext = d->wnext;
+		else
+			d->gate->wait_head = d->wnext;
+		if (d->wnext)
+			d->wnext->wprev = d->wprev;
+		else
+			d->gate->wait_tail = d->wprev;
+	}
 	if (d->policy_pending)
 		policy_cancel(e->policy, d->policy_id);
 	if (d->dns_pending)
@@ -771,6 +804,8 @@ static char *tlsa_text(const struct policy_tlsa *t)
 	return s;
 }
 
+static void pilot_land(struct dom *d);
+
 static void plan_cb(void *arg, const struct policy_plan *plan)
 {
 	struct dom *d = arg;
@@ -778,6 +813,7 @@ static void plan_cb(void *arg, const struct policy_plan *plan)
 	struct check_engine *e = d->e;
 
 	d->policy_pending = false;
+	pilot_land(d);
 	r->status = plan->status;
 	snprintf(r->reason, sizeof(r->reason), "%s", plan->reason);
 	r->mx_sec = plan->mx_sec;
@@ -868,6 +904,7 @@ static void tlsrpt_cb(void *arg, const struct dns_result *res)
 	struct check_tlsrpt *t = &d->r->tlsrpt;
 
 	d->dns_pending = false;
+	pilot_land(d);
 	if (res->status == DNS_OK) {
 		size_t n = res->answer.n_rrs;
 		const char **txt = xcalloc(n + 1, sizeof(char *));
@@ -897,38 +934,48 @@ static void tlsrpt_cb(void *arg, const struct dns_result *res)
 	dom_maybe_done(d);
 }
 
-int check_start(struct check_engine *e, const char *domain, check_cb cb, void *arg)
-{
-	struct dom *d = xcalloc(1, sizeof(*d));
-	char name[300];
-	size_t n = strlen(domain);
+/* ---- pilots ---- */
 
-	if (n == 0 || n > 253) {
-		free(d);
-		return -1;
-	}
-	d->e = e;
-	d->cb = cb;
-	d->arg = arg;
-	d->r = xcalloc(1, sizeof(*d->r));
-	snprintf(d->r->domain, sizeof(d->r->domain), "%s", domain);
-	if (n > 0 && d->r->domain[n - 1] == '.')
-		d->r->domain[n - 1] = '\0';
-	for (char *p = d->r->domain; *p; p++)
-		if (*p >= 'A' && *p <= 'Z')
-			*p = (char)(*p - 'A' + 'a');
-	d->cfgdom = config_domain_find(e->cfg, d->r->domain);
-	clock_gettime(CLOCK_MONOTONIC, &d->start);
+/* parent_of - "a.example.com" -> "example.com"; "com" -> "" (the root) */
+static const char *parent_of(const char *domain)
+{
+	const char *dot = strchr(domain, '.');
+
+	return dot != NULL ? dot + 1 : "";
+}
+
+/* pilot_get - the parent's entry, made (*created) when new; NULL when the table is full */
+static struct pilot *pilot_get(struct check_engine *e, const char *parent, bool *created)
+{
+	unsigned h = hash(parent) % PILOT_BUCKETS;
+	struct pilot *p;
+
+	*created = false;
+	for (p = e->pilots[h]; p != NULL; p = p->next)
+		if (!strcmp(p->parent, parent))
+			return p;
+	if (e->n_pilots >= PILOT_MAX)
+		return NULL;
+	p = xcalloc(1, sizeof(*p));
+	snprintf(p->parent, sizeof(p->parent), "%s", parent);
+	p->next = e->pilots[h];
+	e->pilots[h] = p;
+	e->n_pilots++;
+	*created = true;
+	return p;
+}
+
+/* dom_launch - the domain's DNS work: the policy plan and the TLS-RPT record */
+static int dom_launch(struct dom *d)
+{
+	struct check_engine *e = d->e;
+	char name[300];
+
 	d->policy_pending = true;
 	if (policy_plan_domain(e->policy, d->r->domain, plan_cb, d, &d->policy_id) < 0) {
-		check_result_free(&d->r);
-		free(d);
+		d->policy_pending = false;
 		return -1;
 	}
-	d->next = e->all;
-	if (e->all)
-		e->all->prev = d;
-	e->all = d;
 	snprintf(name, sizeof(name), "_smtp._tls.%s", d->r->domain);
 	d->dns_pending = true;
 	if (dns_query(e->dns, name, DNS_T_TXT, tlsrpt_cb, d, &d->dns_id) < 0) {
@@ -937,6 +984,86 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 		snprintf(d->r->tlsrpt.error, sizeof(d->r->tlsrpt.error), "cannot look up %.200s",
 		         name);
 	}
+	return 0;
+}
+
+/*
+ * pilot_land - d's first DNS answer is in: if d flies for its parent, the
+ * parent's keys are validated and cached; start every domain that waited.
+ */
+static void pilot_land(struct dom *d)
+{
+	struct pilot *p = d->gate;
+	struct dom *w;
+
+	if (p == NULL || p->flying != d)
+		return;
+	p->flying = NULL;
+	d->gate = NULL;
+	w = p->wait_head;
+	p->wait_head = p->wait_tail = NULL;
+	while (w != NULL) {
+		struct dom *next = w->wnext;
+
+		w->wnext = w->wprev = NULL;
+		w->gate = NULL;
+		if (dom_launch(w) < 0) {
+			/* the resolver refused the lookups (out of memory): not checked */
+			w->r->status = POLICY_TEMPFAIL;
+			snprintf(w->r->reason, sizeof(w->r->reason),
+			         "the DNS lookups for %s could not be started", w->r->domain);
+			dom_maybe_done(w);
+		}
+		w = next;
+	}
+}
+
+int check_start(struct check_engine *e, const char *domain, check_cb cb, void *arg)
+{
+	size_t n = strlen(domain);
+	struct pilot *p;
+	bool created;
+
+	if (n == 0 || n > 253 || !policy_domain_ok(domain))
+		return -1;
+	struct dom *d = xcalloc(1, sizeof(*d));
+	d->e = e;
+	d->cb = cb;
+	d->arg = arg;
+	d->r = xcalloc(1, sizeof(*d->r));
+	snprintf(d->r->domain, sizeof(d->r->domain), "%s", domain);
+	if (d->r->domain[n - 1] == '.')
+		d->r->domain[n - 1] = '\0';
+	for (char *c = d->r->domain; *c; c++)
+		if (*c >= 'A' && *c <= 'Z')
+			*c = (char)(*c - 'A' + 'a');
+	d->cfgdom = config_domain_find(e->cfg, d->r->domain);
+	clock_gettime(CLOCK_MONOTONIC, &d->start);
+	p = pilot_get(e, parent_of(d->r->domain), &created);
+	if (p != NULL && !created && p->flying != NULL) {
+		/* wait for the pilot's first answer (pilot_land) */
+		d->gate = p;
+		d->wprev = p->wait_tail;
+		if (p->wait_tail)
+			p->wait_tail->wnext = d;
+		else
+			p->wait_head = d;
+		p->wait_tail = d;
+	} else {
+		if (dom_launch(d) < 0) {
+			check_result_free(&d->r);
+			free(d);
+			return -1;
+		}
+		if (created) {
+			p->flying = d;
+			d->gate = p;
+		}
+	}
+	d->next = e->all;
+	if (e->all)
+		e->all->prev = d;
+	e->all = d;
 	return 0;
 }
 
@@ -999,6 +1126,12 @@ void check_engine_free(struct check_engine **ep)
 			struct share *s = e->shares[i];
 			e->shares[i] = s->hnext;
 			share_free(s);
+		}
+	for (size_t i = 0; i < PILOT_BUCKETS; i++)
+		while (e->pilots[i]) {
+			struct pilot *p = e->pilots[i];
+			e->pilots[i] = p->next;
+			free(p);
 		}
 	if (e->ready_ev)
 		event_free(e->ready_ev);

@@ -462,11 +462,29 @@ static struct dns_ctx *dns_create(struct event_base *base, const struct config *
 
 	if (cache_mb > 0 && set_cache(ub, cache_mb, err, errlen) < 0)
 		goto fail;
-	if (tcp) {
-		rc = ub_ctx_set_option(ub, "tcp-upstream:", "yes");
-		if (rc != 0) {
-			textf(err, errlen, "dns: tcp-upstream: %s", ub_strerror(rc));
-			goto fail;
+	if (cache_mb > 0) {
+		/*
+		 * libunbound's library defaults are 16 UDP ports and 2 TCP streams
+		 * in use at once. A scan has hundreds of queries in flight: with
+		 * 2 streams libunbound closed the oldest, queries and all, to open
+		 * another, and after a few such "tcp error"s it took the server for
+		 * dead and answered SERVFAIL (70 % of a 1,000-domain scan with one
+		 * job, docs/checker.md); with 16 ports the rest of the UDP queries
+		 * wait for a free one.
+		 */
+		const struct {
+			const char *opt, *val;
+		} set[] = {{"outgoing-range:", "256"},
+		           {"outgoing-num-tcp:", "32"},
+		           {"tcp-upstream:", tcp ? "yes" : "no"}};
+
+		for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+			rc = ub_ctx_set_option(ub, set[i].opt, set[i].val);
+			if (rc != 0) {
+				textf(err, errlen, "dns: %s %s: %s", set[i].opt, set[i].val,
+				      ub_strerror(rc));
+				goto fail;
+			}
 		}
 	}
 	if (cache_mb > 0) {

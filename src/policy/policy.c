@@ -757,6 +757,15 @@ static bool domain_ok(const char *d, size_t n)
 	return true;
 }
 
+bool policy_domain_ok(const char *domain)
+{
+	size_t n = domain != NULL ? strlen(domain) : 0;
+
+	if (n > 0 && domain[n - 1] == '.')
+		n--;
+	return domain_ok(domain, n);
+}
+
 int policy_plan_domain(struct policy_ctx *p, const char *domain, policy_cb cb, void *arg, int *id)
 {
 	struct plan_req *r;

@@ -101,6 +101,8 @@ void policy_free(struct policy_ctx **p);
  * started, -1 when it could not be (an invalid domain name).
  */
 int policy_plan_domain(struct policy_ctx *p, const char *domain, policy_cb cb, void *arg, int *id);
+/* policy_domain_ok - whether policy_plan_domain takes domain as a name (one trailing dot) */
+bool policy_domain_ok(const char *domain);
 /* policy_cancel - forget a plan in progress; unknown ids are ignored */
 void policy_cancel(struct policy_ctx *p, int id);
 

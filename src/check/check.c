@@ -106,19 +106,25 @@ struct ipslot {
 	struct job *head, *tail;
 };
 
+/* domains not started yet: waiting for a pilot, or released and to start from the loop */
+struct domq {
+	struct dom *head, *tail;
+};
+
 /* a parent zone: the domain whose DNS answers bring its keys, and who waits for them */
 struct pilot {
 	struct pilot *next; /* in the bucket */
 	struct dom *flying; /* the pilot domain until its first answer; NULL after */
-	struct dom *wait_head, *wait_tail;
+	struct domq wait;
 	char parent[256];
 };
 
 struct dom {
 	struct check_engine *e;
 	struct dom *prev, *next;
-	struct pilot *gate;        /* waiting on it (not started yet), or flying it */
-	struct dom *wnext, *wprev; /* in gate's waiting list */
+	struct pilot *gate;        /* the pilot d flies (until it lands) */
+	struct domq *queue;        /* not started yet: the queue d is in */
+	struct dom *qnext, *qprev; /* in that queue */
 	struct check_result *r;
 	check_cb cb;
 	void *arg;
@@ -146,6 +152,8 @@ struct check_engine {
 	struct event *ready_ev;
 	struct pilot *pilots[PILOT_BUCKETS];
 	size_t n_pilots;
+	struct domq launch; /* released by their pilot, started by launch_ev */
+	struct event *launch_ev;
 	bool closing;
 	struct check_stats stats;
 };
@@ -613,6 +621,34 @@ static void job_step(struct job *j)
 	slot_take(j, later_step);
 }
 
+static void domq_add(struct domq *q, struct dom *d)
+{
+	d->queue = q;
+	d->qnext = NULL;
+	d->qprev = q->tail;
+	if (q->tail)
+		q->tail->qnext = d;
+	else
+		q->head = d;
+	q->tail = d;
+}
+
+static void domq_remove(struct dom *d)
+{
+	struct domq *q = d->queue;
+
+	if (d->qprev)
+		d->qprev->qnext = d->qnext;
+	else
+		q->head = d->qnext;
+	if (d->qnext)
+		d->qnext->qprev = d->qprev;
+	else
+		q->tail = d->qprev;
+	d->queue = NULL;
+	d->qnext = d->qprev = NULL;
+}
+
 static void dom_free(struct dom *d)
 {
 	struct check_engine *e = d->e;
@@ -634,18 +670,10 @@ static void dom_free(struct dom *d)
 		free(j->tlsa);
 	}
 	free(d->jobs);
-	if (d->gate != NULL && d->gate->flying == d) {
+	if (d->gate != NULL)
 		d->gate->flying = NULL; /* only when the engine is freed */
-	} else if (d->gate != NULL) {
-		if (d->wprev)
-			d->wprev->wnext = d->wnext;
-		else
-			d->gate->wait_head = d->wnext;
-		if (d->wnext)
-			d->wnext->wprev = d->wprev;
-		else
-			d->gate->wait_tail = d->wprev;
-	}
+	if (d->queue != NULL)
+		domq_remove(d);
 	if (d->policy_pending)
 		policy_cancel(e->policy, d->policy_id);
 	if (d->dns_pending)
@@ -989,32 +1017,46 @@ static int dom_launch(struct dom *d)
 
 /*
  * pilot_land - d's first DNS answer is in: if d flies for its parent, the
- * parent's keys are validated and cached; start every domain that waited.
+ * parent's keys are validated and cached; every domain that waited starts,
+ * from the loop (launch_cb). Never here: starting a lookup can make
+ * libunbound deliver other answers at once, d's own among them, and the
+ * callback that called this one still uses d.
  */
 static void pilot_land(struct dom *d)
 {
 	struct pilot *p = d->gate;
-	struct dom *w;
+	struct check_engine *e = d->e;
 
-	if (p == NULL || p->flying != d)
+	if (p == NULL)
 		return;
 	p->flying = NULL;
 	d->gate = NULL;
-	w = p->wait_head;
-	p->wait_head = p->wait_tail = NULL;
-	while (w != NULL) {
-		struct dom *next = w->wnext;
+	while (p->wait.head != NULL) {
+		struct dom *w = p->wait.head;
+		domq_remove(w);
+		domq_add(&e->launch, w);
+	}
+	if (e->launch.head != NULL)
+		event_active(e->launch_ev, EV_TIMEOUT, 0);
+}
 
-		w->wnext = w->wprev = NULL;
-		w->gate = NULL;
+/* launch_cb - start the domains that pilot_land released */
+static void launch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct check_engine *e = arg;
+
+	(void)fd;
+	(void)what;
+	while (e->launch.head != NULL) {
+		struct dom *w = e->launch.head;
+		domq_remove(w);
 		if (dom_launch(w) < 0) {
 			/* the resolver refused the lookups (out of memory): not checked */
 			w->r->status = POLICY_TEMPFAIL;
 			snprintf(w->r->reason, sizeof(w->r->reason),
 			         "the DNS lookups for %s could not be started", w->r->domain);
-			dom_maybe_done(w);
+			dom_maybe_done(w); /* may start other domains: they queue behind */
 		}
-		w = next;
 	}
 }
 
@@ -1041,14 +1083,7 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 	clock_gettime(CLOCK_MONOTONIC, &d->start);
 	p = pilot_get(e, parent_of(d->r->domain), &created);
 	if (p != NULL && !created && p->flying != NULL) {
-		/* wait for the pilot's first answer (pilot_land) */
-		d->gate = p;
-		d->wprev = p->wait_tail;
-		if (p->wait_tail)
-			p->wait_tail->wnext = d;
-		else
-			p->wait_head = d;
-		p->wait_tail = d;
+		domq_add(&p->wait, d); /* until the pilot's first answer (pilot_land) */
 	} else {
 		if (dom_launch(d) < 0) {
 			check_result_free(&d->r);
@@ -1080,7 +1115,8 @@ struct check_engine *check_engine_new(struct event_base *base, const struct conf
 	if (e->o.per_ip == 0)
 		e->o.per_ip = 1;
 	e->ready_ev = event_new(base, -1, 0, ready_cb, e);
-	if (e->ready_ev == NULL) {
+	e->launch_ev = event_new(base, -1, 0, launch_cb, e);
+	if (e->ready_ev == NULL || e->launch_ev == NULL) {
 		snprintf(err, errlen, "cannot create an event");
 		goto fail;
 	}
@@ -1135,6 +1171,8 @@ void check_engine_free(struct check_engine **ep)
 		}
 	if (e->ready_ev)
 		event_free(e->ready_ev);
+	if (e->launch_ev)
+		event_free(e->launch_ev);
 	free(e);
 	*ep = NULL;
 }

@@ -252,7 +252,7 @@ struct scan {
 	struct check_stats stats;
 	/* --jobs: worker processes */
 	struct scan_worker *workers;
-	unsigned workers_open;
+	unsigned n_workers, workers_open;
 	size_t per_worker; /* domains in progress in one worker */
 };
 
@@ -353,6 +353,13 @@ static void scan_fill(struct scan *s)
  * domains finish, as with one loop), and --resume, the summary, --html and
  * --postfix-policy work as before. An empty line from the parent means "no
  * more"; a worker's last line is "#stats ..." (its probe counters).
+ *
+ * Domains under one parent zone go to one worker (the hash of the name after
+ * the first label), as far as the load allows: each worker validates its
+ * zones' keys and NSEC3 records once instead of every worker doing it for
+ * every zone (docs/checker.md). A worker whose share is done takes the rest
+ * of the largest other share from its end, so no worker idles while
+ * another has work; a worker that dies leaves its share to the others.
  */
 
 struct scan_worker {
@@ -361,6 +368,7 @@ struct scan_worker {
 	struct bufferevent *bev;
 	size_t inflight;
 	bool end_sent, closed;
+	size_t *q, q_head, q_end; /* its share: indexes into todo, q[q_head..q_end) left */
 };
 
 struct worker_run {
@@ -474,12 +482,32 @@ out:
 	return rc;
 }
 
+/* par_take - the next domain for w: its own share first, else the end of the largest */
+static const char *par_take(struct scan_worker *w)
+{
+	struct scan *s = w->s;
+	struct scan_worker *from = NULL;
+
+	if (w->q_head < w->q_end)
+		return s->todo[w->q[w->q_head++]];
+	for (unsigned i = 0; i < s->n_workers; i++) {
+		struct scan_worker *o = &s->workers[i];
+		if (o->q_end > o->q_head &&
+		    (from == NULL || o->q_end - o->q_head > from->q_end - from->q_head))
+			from = o;
+	}
+	return from != NULL ? s->todo[from->q[--from->q_end]] : NULL;
+}
+
 static void par_feed(struct scan_worker *w)
 {
 	struct scan *s = w->s;
 
 	while (w->inflight < s->per_worker && s->next < s->n_todo) {
-		const char *d = s->todo[s->next++];
+		const char *d = par_take(w);
+		if (d == NULL)
+			break;
+		s->next++;
 		bufferevent_write(w->bev, d, strlen(d));
 		bufferevent_write(w->bev, "\n", 1);
 		w->inflight++;
@@ -536,6 +564,28 @@ static void par_event(struct bufferevent *bev, short what, void *arg)
 		par_close(arg);
 }
 
+/* parent_hash - the hash of the name after the first label ("" for a TLD) */
+static unsigned parent_hash(const char *domain)
+{
+	const char *p = strchr(domain, '.');
+	unsigned h = 2166136261u;
+
+	for (p = p != NULL ? p + 1 : ""; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return h;
+}
+
+/* par_share - each worker's share of the todo list, by parent zone, in input order */
+static void par_share(struct scan *s)
+{
+	for (unsigned i = 0; i < s->n_workers; i++)
+		s->workers[i].q = xcalloc(s->n_todo + 1, sizeof(size_t));
+	for (size_t i = 0; i < s->n_todo; i++) {
+		struct scan_worker *w = &s->workers[parent_hash(s->todo[i]) % s->n_workers];
+		w->q[w->q_end++] = i;
+	}
+}
+
 /*
  * scan_parallel - run the scan in n worker processes; false when they could
  * not be started (the caller says why and scans on its own loop)
@@ -575,6 +625,8 @@ static bool scan_parallel(struct scan *s, const struct config *c, const struct c
 		return false;
 	}
 	s->per_worker = (s->concurrency + started - 1) / started;
+	s->n_workers = started;
+	par_share(s);
 	s->base = loop_new();
 	for (unsigned i = 0; i < started; i++) {
 		struct scan_worker *w = &s->workers[i];
@@ -606,8 +658,11 @@ static bool scan_parallel(struct scan *s, const struct config *c, const struct c
 		while (waitpid(w->pid, &st, 0) < 0 && errno == EINTR)
 			;
 	}
+	for (unsigned i = 0; i < started; i++)
+		free(s->workers[i].q);
 	free(s->workers);
 	s->workers = NULL;
+	s->n_workers = 0;
 	return true;
 }
 

@@ -80,9 +80,10 @@ def uid_of(user):
     return pwd.getpwnam(user).pw_uid
 
 
-def sanitizer_excerpt(log, stack_lines=12):
+def sanitizer_excerpt(log, stack_lines=int(os.environ.get("SMX_STACK_LINES", "12"))):
     """The sanitizer part of a log, short: each ERROR/runtime error line with the first
-    stack lines after it, and the SUMMARY lines (full log: set SMX_KEEP_TMP=1)."""
+    stack lines after it (SMX_STACK_LINES, default 12), and the SUMMARY lines (full log: set
+    SMX_KEEP_TMP=1)."""
     lines = log.splitlines()
     out = []
     for i, l in enumerate(lines):

@@ -20,12 +20,13 @@
  * closed connection is tried again by the next domain. Entries live
  * SHARE_TTL seconds; at most SHARE_MAX finished entries are kept (LRU).
  *
- * A pilot per parent zone (docs/checker.md, "Pilots"): libunbound validates
- * a zone's DNSKEY set once per query that waits for it, so 200 domains
- * started at once under one parent (example.com, pop1.lab) had it fetched
- * and its signatures checked 200 times over, with the trust anchor's. The
- * first domain under a parent starts alone; the others wait until its first
- * DNS answer is in (the keys are then in the cache), then all start.
+ * A pilot per parent zone (docs/checker.md, "Fourth round"): libunbound
+ * validates a zone's DNSKEY set once per query that waits for it, so 200
+ * domains started at once under one parent (com, pop1.lab) had it validated
+ * 600 times, with the trust anchor's. The first domain under a parent starts
+ * alone; the others wait until its first DNS answer is in (the keys are then
+ * in the cache), or PILOT_WAIT_MS at most (a pilot whose own servers do not
+ * answer holds up its parent's domains no longer), then all start.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -50,6 +51,7 @@
 #define CHECK_DNS_CACHE_MB 64
 #define PILOT_BUCKETS      1024
 #define PILOT_MAX          8192 /* parents remembered; beyond, domains start at once */
+#define PILOT_WAIT_MS      1000 /* the longest a domain waits for its parent's pilot */
 
 enum step { STEP_TLS, STEP_PKIX, STEP_ENFORCE, STEP_DONE };
 
@@ -114,7 +116,9 @@ struct domq {
 /* a parent zone: the domain whose DNS answers bring its keys, and who waits for them */
 struct pilot {
 	struct pilot *next; /* in the bucket */
-	struct dom *flying; /* the pilot domain until its first answer; NULL after */
+	struct check_engine *e;
+	struct dom *flying;  /* the pilot domain until its first answer; NULL after */
+	struct event *timer; /* PILOT_WAIT_MS after take-off: land anyway */
 	struct domq wait;
 	char parent[256];
 };
@@ -671,7 +675,7 @@ static void dom_free(struct dom *d)
 	}
 	free(d->jobs);
 	if (d->gate != NULL)
-		d->gate->flying = NULL; /* only when the engine is freed */
+		d->gate->flying = NULL; /* only when the engine is freed: no landing then */
 	if (d->queue != NULL)
 		domq_remove(d);
 	if (d->policy_pending)
@@ -985,6 +989,7 @@ static struct pilot *pilot_get(struct check_engine *e, const char *parent, bool 
 	if (e->n_pilots >= PILOT_MAX)
 		return NULL;
 	p = xcalloc(1, sizeof(*p));
+	p->e = e;
 	snprintf(p->parent, sizeof(p->parent), "%s", parent);
 	p->next = e->pilots[h];
 	e->pilots[h] = p;
@@ -1016,21 +1021,21 @@ static int dom_launch(struct dom *d)
 }
 
 /*
- * pilot_land - d's first DNS answer is in: if d flies for its parent, the
- * parent's keys are validated and cached; every domain that waited starts,
- * from the loop (launch_cb). Never here: starting a lookup can make
- * libunbound deliver other answers at once, d's own among them, and the
- * callback that called this one still uses d.
+ * pilot_release - the parent's keys are in the cache (or the pilot is late):
+ * every domain that waited starts, from the loop (launch_cb). Never here:
+ * starting a lookup can make libunbound deliver other answers at once, the
+ * pilot's own among them, and the callback that landed it still uses it.
  */
-static void pilot_land(struct dom *d)
+static void pilot_release(struct pilot *p)
 {
-	struct pilot *p = d->gate;
-	struct check_engine *e = d->e;
+	struct check_engine *e = p->e;
 
-	if (p == NULL)
-		return;
+	if (p->flying != NULL)
+		p->flying->gate = NULL;
 	p->flying = NULL;
-	d->gate = NULL;
+	if (p->timer != NULL)
+		event_free(p->timer);
+	p->timer = NULL;
 	while (p->wait.head != NULL) {
 		struct dom *w = p->wait.head;
 		domq_remove(w);
@@ -1038,6 +1043,21 @@ static void pilot_land(struct dom *d)
 	}
 	if (e->launch.head != NULL)
 		event_active(e->launch_ev, EV_TIMEOUT, 0);
+}
+
+/* pilot_land - d's first DNS answer is in; if d flies for its parent, release the parent */
+static void pilot_land(struct dom *d)
+{
+	if (d->gate != NULL)
+		pilot_release(d->gate);
+}
+
+/* pilot_timer_cb - the pilot's first answer is late: its parent's domains go anyway */
+static void pilot_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	pilot_release(arg);
 }
 
 /* launch_cb - start the domains that pilot_land released */
@@ -1091,8 +1111,13 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 			return -1;
 		}
 		if (created) {
+			struct timeval tv = {PILOT_WAIT_MS / 1000, (PILOT_WAIT_MS % 1000) * 1000};
+
 			p->flying = d;
 			d->gate = p;
+			p->timer = evtimer_new(e->base, pilot_timer_cb, p);
+			if (p->timer != NULL)
+				evtimer_add(p->timer, &tv);
 		}
 	}
 	d->next = e->all;
@@ -1167,6 +1192,8 @@ void check_engine_free(struct check_engine **ep)
 		while (e->pilots[i]) {
 			struct pilot *p = e->pilots[i];
 			e->pilots[i] = p->next;
+			if (p->timer != NULL)
+				event_free(p->timer);
 			free(p);
 		}
 	if (e->ready_ev)

@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import smxtest  # noqa: E402
 from smxtest import Daemon  # noqa: E402
-from dnsbed import DnsBed  # noqa: E402
+from dnsbed import DEAD_ADDR, DnsBed, SilentServer  # noqa: E402
 from mxbed import TestCA, PostfixMX, tlsa_rdata, can_connect  # noqa: E402
 
 TIMEOUT = "5"
@@ -435,6 +435,22 @@ class TestScan(unittest.TestCase):
             policy = sorted(f.read().splitlines())
         self.assertEqual(policy, ["dane.lab dane-only", "enforce.lab secure match=mx1.enforce.lab",
                                   "valid.lab secure match=mx1.valid.lab"])
+
+    def test_late_pilot_holds_its_parent_back_one_second(self):
+        """down.lab is the first domain under lab., so it is the pilot; its name server
+        (dnsbed.DEAD_ADDR) is made silent for this test: it takes the queries and never
+        answers, so down.lab's first answer is the 5 s of --timeout. valid.lab waits for
+        it, but one second at most (PILOT_WAIT_MS in src/check/check.c)."""
+        with SilentServer(addr=DEAD_ADDR, port=53):
+            p = strictmx("scan", "-", "--jobs", "1", "--concurrency", "2", "--timeout", "5",
+                         input="down.lab\nvalid.lab\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        res = {json.loads(l)["domain"]: json.loads(l) for l in p.stdout.splitlines()}
+        self.assertEqual(res["down.lab"]["status"], "tempfail", res["down.lab"])
+        self.assertEqual(res["valid.lab"]["verdict"]["text"],
+                         "yes, verified by PKIX (mx1.valid.lab)")
+        self.assertGreaterEqual(res["valid.lab"]["elapsed_ms"], 900)  # it waited
+        self.assertLess(res["valid.lab"]["elapsed_ms"], 4000)
 
     def test_scan_stdin_to_stdout(self):
         p = strictmx("scan", "-", "--timeout", TIMEOUT, input="valid.lab\nVALID.lab.\n")

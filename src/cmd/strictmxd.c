@@ -234,49 +234,58 @@ int main(int argc, char **argv)
 	event_add(sigint, NULL);
 
 	struct inbound_server *srv = inbound_server_new(base, &cfg, tls, NULL, err, sizeof(err));
+	struct queue *queue = NULL;
+	struct engine *engine = NULL;
+	struct event *sigusr1 = NULL;
+	int rc = 1;
+
 	if (srv == NULL) {
 		log_err("event=startup_error error=\"%s\"", err);
-		SSL_CTX_free(tls);
-		event_base_free(base);
-		config_free(&cfg);
-		return 1;
+		goto out;
 	}
 	if (pw && drop_privileges(pw) < 0)
-		return 1;
+		goto out;
 	/* The queue is opened as the unprivileged user: its files are that user's. */
-	struct queue *queue = queue_open(base, &cfg, err, sizeof(err));
+	queue = queue_open(base, &cfg, err, sizeof(err));
 	if (queue == NULL) {
 		log_err("event=startup_error error=\"%s\"", err);
-		return 1;
+		goto out;
 	}
 	inbound_server_set_queue(srv, queue);
 	if (inbound_server_start(srv, err, sizeof(err)) < 0) {
 		log_err("event=startup_error error=\"%s\"", err);
-		return 1;
+		goto out;
 	}
-	struct event *sigusr1 = evsignal_new(base, SIGUSR1, on_usr1, queue);
+	sigusr1 = evsignal_new(base, SIGUSR1, on_usr1, queue);
 	event_add(sigusr1, NULL);
-	struct engine *engine = engine_new(base, &cfg, queue, err, sizeof(err));
+	engine = engine_new(base, &cfg, queue, err, sizeof(err));
 	if (engine == NULL) {
 		log_err("event=startup_error error=\"%s\"", err);
-		return 1;
+		goto out;
 	}
 
 	log_info("event=started version=%s hostname=%s config=%s", STRICTMX_VERSION, cfg.hostname,
 	         path ? path : "embedded");
 
 	event_base_dispatch(base);
+	rc = 0;
 
-	inbound_server_stop(srv);
+out:
+	/* a start-up error frees what was made too (the sanitizer builds check for leaks) */
+	if (srv != NULL)
+		inbound_server_stop(srv);
 	engine_free(&engine);
 	queue_close(&queue);
 	inbound_server_free(&srv);
 	event_free(sigterm);
 	event_free(sigint);
-	event_free(sigusr1);
+	if (sigusr1 != NULL)
+		event_free(sigusr1);
 	event_base_free(base);
 	SSL_CTX_free(tls);
 	config_free(&cfg);
+	if (rc != 0)
+		return rc;
 	log_info("event=stopped");
 	return 0;
 }

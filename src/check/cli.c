@@ -244,8 +244,10 @@ struct scan {
 	size_t n_todo, next, running, done;
 	unsigned concurrency;
 	FILE *out;
-	json_t **all; /* every domain's object: earlier lines (resume) and new ones */
-	size_t n_all, cap_all;
+	/* every domain, earlier lines (resume) and new ones: counted, and a row each */
+	struct check_summary sum;
+	struct check_row *rows;
+	size_t n_rows, cap_rows;
 	bool progress;
 	struct timespec t0;
 	bool io_error;
@@ -256,13 +258,16 @@ struct scan {
 	size_t per_worker; /* domains in progress in one worker */
 };
 
+/* keep - a finished domain's object: into the summary and a row; o is freed */
 static void keep(struct scan *s, json_t *o)
 {
-	if (s->n_all == s->cap_all) {
-		s->cap_all = s->cap_all ? 2 * s->cap_all : 256;
-		s->all = xrealloc(s->all, s->cap_all * sizeof(*s->all));
+	if (s->n_rows == s->cap_rows) {
+		s->cap_rows = s->cap_rows ? 2 * s->cap_rows : 256;
+		s->rows = xrealloc(s->rows, s->cap_rows * sizeof(*s->rows));
 	}
-	s->all[s->n_all++] = o;
+	check_summary_add(&s->sum, o);
+	check_row_set(&s->rows[s->n_rows++], o);
+	json_decref(o);
 }
 
 static void scan_fill(struct scan *s);
@@ -666,6 +671,48 @@ static bool scan_parallel(struct scan *s, const struct config *c, const struct c
 	return true;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+struct named {
+	const char *name;
+	size_t at;
+};
+
+static int cmp_named(const void *a, const void *b)
+{
+	const struct named *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+
+	return c != 0 ? c : x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* dedupe - drop later copies of a name, in input order: O(n log n) for millions of lines */
+static size_t dedupe(char **d, size_t n)
+{
+	struct named *v = xcalloc(n + 1, sizeof(*v));
+	bool *drop = xcalloc(n + 1, sizeof(*drop));
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		v[i] = (struct named){d[i], i};
+	qsort(v, n, sizeof(*v), cmp_named);
+	for (size_t i = 1; i < n; i++)
+		if (!strcmp(v[i].name, v[i - 1].name))
+			drop[v[i].at] = true;
+	for (size_t i = 0; i < n; i++) {
+		if (drop[i])
+			free(d[i]);
+		else
+			d[k++] = d[i];
+	}
+	free(v);
+	free(drop);
+	return k;
+}
+
 /* read_domains - one per line, '#' starts a comment, lowercase, no duplicates */
 static char **read_domains(FILE *f, size_t *n)
 {
@@ -691,11 +738,6 @@ static char **read_domains(FILE *f, size_t *n)
 				*q = (char)(*q - 'A' + 'a');
 		if (e > p && e[-1] == '.')
 			e[-1] = '\0';
-		bool dup = false;
-		for (size_t i = 0; i < nd && !dup; i++)
-			dup = !strcmp(d[i], p);
-		if (dup)
-			continue;
 		if (nd == cd) {
 			cd = cd ? 2 * cd : 64;
 			d = xrealloc(d, cd * sizeof(*d));
@@ -703,7 +745,7 @@ static char **read_domains(FILE *f, size_t *n)
 		d[nd++] = xstrdup(p);
 	}
 	free(line);
-	*n = nd;
+	*n = dedupe(d, nd);
 	return d;
 }
 
@@ -716,12 +758,11 @@ static int write_file(const char *path, const char *what, struct scan *s,
 		return -1;
 	}
 	if (!strcmp(what, "--html")) {
-		check_html_write(f, sum, s->all, s->n_all);
+		check_html_write(f, sum, s->rows, s->n_rows);
 	} else {
-		char line[4096];
-		for (size_t i = 0; i < s->n_all; i++)
-			if (check_postfix_policy(s->all[i], line, sizeof(line)))
-				fprintf(f, "%s\n", line);
+		for (size_t i = 0; i < s->n_rows; i++)
+			if (s->rows[i].postfix != NULL)
+				fprintf(f, "%s\n", s->rows[i].postfix);
 	}
 	if (fclose(f) != 0) {
 		fprintf(stderr, "strictmx: scan: %s %s: %s\n", what, path, strerror(errno));
@@ -733,7 +774,7 @@ static int write_file(const char *path, const char *what, struct scan *s,
 int scan_cli(const struct config *c, int argc, char **argv)
 {
 	struct check_opts o = {.timeout = 10, .per_ip = 4};
-	struct scan s = {.concurrency = 200};
+	struct scan s = {.concurrency = 200}; /* s.sum zeroed, as check_summary_init does */
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned jobs = ncpu < 1 ? 1 : ncpu > MAX_JOBS ? MAX_JOBS : (unsigned)ncpu;
 	const char *input = NULL, *output = NULL, *html = NULL, *pf = NULL;
@@ -838,18 +879,20 @@ int scan_cli(const struct config *c, int argc, char **argv)
 			free(line);
 			fclose(prev);
 		}
+		/* sorted names and a binary search: a resumed scan of millions stays quick */
+		const char **seen = xcalloc(s.n_rows + 1, sizeof(*seen));
 		size_t k = 0;
+		for (size_t j = 0; j < s.n_rows; j++)
+			seen[j] = s.rows[j].domain;
+		qsort(seen, s.n_rows, sizeof(*seen), cmp_str);
 		for (size_t i = 0; i < n_dom; i++) {
-			bool done = false;
-			for (size_t j = 0; j < s.n_all && !done; j++)
-				done =
-				    !strcmp(json_string_value(json_object_get(s.all[j], "domain")),
-				            doms[i]);
-			if (done)
+			const char *key = doms[i];
+			if (s.n_rows > 0 && bsearch(&key, seen, s.n_rows, sizeof(*seen), cmp_str))
 				free(doms[i]);
 			else
 				doms[k++] = doms[i];
 		}
+		free(seen);
 		n_dom = k;
 	}
 	s.todo = doms;
@@ -947,24 +990,20 @@ int scan_cli(const struct config *c, int argc, char **argv)
 		rc = 2;
 	}
 
-	struct check_summary sum;
-	check_summary_init(&sum);
-	for (size_t i = 0; i < s.n_all; i++)
-		check_summary_add(&sum, s.all[i]);
-	check_summary_sort(&sum);
+	struct check_summary *sum = &s.sum;
+	check_summary_sort(sum);
 	/* the JSON lines own stdout unless they go to a file */
-	check_summary_print(&sum, output != NULL ? stdout : stderr);
+	check_summary_print(sum, output != NULL ? stdout : stderr);
 	if (s.n_todo > 0)
 		fprintf(output != NULL ? stdout : stderr,
 		        "  probes: %lu TLS (+%lu answered by a shared result), %lu enforcement "
 		        "(+%lu shared); %u job%s\n",
 		        s.stats.tls_run, s.stats.tls_shared, s.stats.enforce_run,
 		        s.stats.enforce_shared, jobs, jobs == 1 ? "" : "s");
-	if (html && write_file(html, "--html", &s, &sum) < 0)
+	if (html && write_file(html, "--html", &s, sum) < 0)
 		rc = 2;
-	if (pf && write_file(pf, "--postfix-policy", &s, &sum) < 0)
+	if (pf && write_file(pf, "--postfix-policy", &s, sum) < 0)
 		rc = 2;
-	check_summary_free(&sum);
 out:
 	check_engine_free(&s.e);
 	if (s.base)
@@ -974,9 +1013,10 @@ out:
 	for (size_t i = 0; i < s.n_todo; i++)
 		free(s.todo[i]);
 	free(s.todo);
-	for (size_t i = 0; i < s.n_all; i++)
-		json_decref(s.all[i]);
-	free(s.all);
+	for (size_t i = 0; i < s.n_rows; i++)
+		check_row_free(&s.rows[i]);
+	free(s.rows);
+	check_summary_free(&s.sum);
 	return rc;
 bad:
 	fputs(SCAN_USAGE, stderr);

@@ -254,7 +254,36 @@ static void cell_bool(FILE *f, bool v)
 	fprintf(f, "<td class=\"%s\">%s</td>", v ? "y" : "n", v ? "yes" : "no");
 }
 
-void check_html_write(FILE *f, const struct check_summary *s, json_t *const *doms, size_t n)
+void check_row_set(struct check_row *r, const json_t *dom)
+{
+	const json_t *v = json_object_get(dom, "verdict");
+	char line[4096];
+
+	memset(r, 0, sizeof(*r));
+	r->domain = xstrdup(str(dom, "domain"));
+	r->verdict = xstrdup(str(v, "text"));
+	if (check_postfix_policy(dom, line, sizeof(line)))
+		r->postfix = xstrdup(line);
+	r->n_mx = json_array_size(json_object_get(dom, "mx"));
+	r->starttls_all = vbool(v, "starttls_all");
+	r->enforce_all = vbool(v, "enforce_all");
+	r->pkix_all = vbool(v, "pkix_all");
+	r->dane_all = vbool(v, "dane_all");
+	r->sts_enforce = vbool(v, "mta_sts_enforce");
+	r->would_deliver = vbool(v, "would_deliver");
+	r->citable = vbool(v, "citable");
+}
+
+void check_row_free(struct check_row *r)
+{
+	free(r->domain);
+	free(r->verdict);
+	free(r->postfix);
+	memset(r, 0, sizeof(*r));
+}
+
+void check_html_write(FILE *f, const struct check_summary *s, const struct check_row *rows,
+                      size_t n)
 {
 	struct figure fig[16];
 	size_t nf = figures(s, fig);
@@ -289,19 +318,19 @@ void check_html_write(FILE *f, const struct check_summary *s, json_t *const *dom
 	           "<th>PKIX</th><th>DANE</th><th>MTA-STS</th><th>would deliver</th>"
 	           "<th>citable</th><th>verdict</th></tr></thead><tbody>\n");
 	for (size_t i = 0; i < n; i++) {
-		const json_t *d = doms[i], *v = json_object_get(d, "verdict");
+		const struct check_row *r = &rows[i];
 		fprintf(f, "<tr><td>");
-		esc(f, str(d, "domain"));
-		fprintf(f, "</td><td>%zu</td>", json_array_size(json_object_get(d, "mx")));
-		cell_bool(f, vbool(v, "starttls_all"));
-		cell_bool(f, vbool(v, "enforce_all"));
-		cell_bool(f, vbool(v, "pkix_all"));
-		cell_bool(f, vbool(v, "dane_all"));
-		cell_bool(f, vbool(v, "mta_sts_enforce"));
-		cell_bool(f, vbool(v, "would_deliver"));
-		cell_bool(f, vbool(v, "citable"));
+		esc(f, r->domain);
+		fprintf(f, "</td><td>%zu</td>", r->n_mx);
+		cell_bool(f, r->starttls_all);
+		cell_bool(f, r->enforce_all);
+		cell_bool(f, r->pkix_all);
+		cell_bool(f, r->dane_all);
+		cell_bool(f, r->sts_enforce);
+		cell_bool(f, r->would_deliver);
+		cell_bool(f, r->citable);
 		fprintf(f, "<td>");
-		esc(f, str(v, "text"));
+		esc(f, r->verdict);
 		fprintf(f, "</td></tr>\n");
 	}
 	fprintf(f, "</tbody></table>\n<script>\n"

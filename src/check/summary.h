@@ -2,7 +2,8 @@
  * check/summary - figures over many domains' check results (the JSON lines
  * of `strictmx scan`, so that a resumed scan counts the earlier lines too),
  * the HTML report and Postfix smtp_tls_policy_maps lines. Pure: JSON in,
- * text out; unit-tested.
+ * text out; unit-tested. A scan folds each domain into the summary and a
+ * check_row as it finishes, and keeps no JSON.
  */
 #ifndef STRICTMX_CHECK_SUMMARY_H
 #define STRICTMX_CHECK_SUMMARY_H
@@ -38,8 +39,25 @@ void check_summary_print(const struct check_summary *s, FILE *f);
 /* check_summary_json - {"domains": N, "has_mx": N, ..., "tls_versions": {...}, "reasons": [...]} */
 json_t *check_summary_json(const struct check_summary *s);
 
+/*
+ * check_row - what the HTML table and the Postfix lines need of one domain, so that
+ * a scan keeps ~200 bytes per domain instead of its whole JSON object (~10 KB)
+ */
+struct check_row {
+	char *domain;
+	char *verdict; /* verdict.text */
+	char *postfix; /* check_postfix_policy's line; NULL when the domain has none */
+	size_t n_mx;
+	bool starttls_all, enforce_all, pkix_all, dane_all, sts_enforce, would_deliver, citable;
+};
+
+/* check_row_set - r from a domain's object (check_result_json); free with check_row_free */
+void check_row_set(struct check_row *r, const json_t *dom);
+void check_row_free(struct check_row *r);
+
 /* check_html_write - one self-contained HTML page: inline SVG charts, sortable table */
-void check_html_write(FILE *f, const struct check_summary *s, json_t *const *doms, size_t n);
+void check_html_write(FILE *f, const struct check_summary *s, const struct check_row *rows,
+                      size_t n);
 
 /*
  * check_postfix_policy - the smtp_tls_policy_maps line for a domain whose

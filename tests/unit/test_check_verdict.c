@@ -259,9 +259,19 @@ static void test_summary_postfix_html(void **state)
 
 	char *buf = NULL;
 	size_t len = 0;
+	struct check_row rows[4];
+	for (int i = 0; i < 4; i++)
+		check_row_set(&rows[i], d[i]);
+	assert_string_equal(rows[0].postfix, "dane.example dane-only");
+	assert_null(rows[2].postfix);
+	assert_int_equal(rows[1].n_mx, 2);
+	assert_true(rows[0].dane_all);
+	assert_false(rows[2].would_deliver);
 	FILE *f = open_memstream(&buf, &len);
-	check_html_write(f, &s, d, 4);
+	check_html_write(f, &s, rows, 4);
 	fclose(f);
+	for (int i = 0; i < 4; i++)
+		check_row_free(&rows[i]);
 	assert_non_null(strstr(buf, "<svg"));
 	assert_non_null(strstr(buf, "<table id=\"domains\">"));
 	assert_non_null(strstr(buf, "&lt;nx&gt;.example")); /* escaped */

@@ -1065,18 +1065,27 @@ static void launch_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct check_engine *e = arg;
 
+	struct dom *failed = NULL; /* not started: finished after the loop */
+
 	(void)fd;
 	(void)what;
 	while (e->launch.head != NULL) {
 		struct dom *w = e->launch.head;
 		domq_remove(w);
 		if (dom_launch(w) < 0) {
-			/* the resolver refused the lookups (out of memory): not checked */
-			w->r->status = POLICY_TEMPFAIL;
-			snprintf(w->r->reason, sizeof(w->r->reason),
-			         "the DNS lookups for %s could not be started", w->r->domain);
-			dom_maybe_done(w); /* may start other domains: they queue behind */
+			w->qnext = failed;
+			failed = w;
 		}
+	}
+	while (failed != NULL) {
+		struct dom *w = failed;
+		failed = w->qnext;
+		w->qnext = NULL;
+		/* the resolver refused the lookups (out of memory): not checked */
+		w->r->status = POLICY_TEMPFAIL;
+		snprintf(w->r->reason, sizeof(w->r->reason),
+		         "the DNS lookups for %s could not be started", w->r->domain);
+		dom_maybe_done(w); /* may start other domains; they do not touch this list */
 	}
 }
 
@@ -1110,8 +1119,9 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 			free(d);
 			return -1;
 		}
-		if (created) {
-			struct timeval tv = {PILOT_WAIT_MS / 1000, (PILOT_WAIT_MS % 1000) * 1000};
+		if (created && p != NULL) {
+			struct timeval tv = {PILOT_WAIT_MS / 1000,
+			                     (suseconds_t)(PILOT_WAIT_MS % 1000) * 1000};
 
 			p->flying = d;
 			d->gate = p;

@@ -932,6 +932,8 @@ int scan_cli(const struct config *c, int argc, char **argv)
 		jobs = s.n_todo > 0 ? (unsigned)s.n_todo : 1;
 	if (jobs > s.concurrency)
 		jobs = s.concurrency;
+	if (jobs == 0) /* the option parsers allow no 0; said for the analyzer */
+		jobs = 1;
 	struct timeval deadline = run_deadline(o.timeout, s.n_todo, s.concurrency);
 	struct check_opts wo = o;
 	wo.per_ip = o.per_ip / jobs;

@@ -968,8 +968,7 @@ static void tlsrpt_cb(void *arg, const struct dns_result *res)
 
 /* ---- pilots ---- */
 
-/* parent_of - "a.example.com" -> "example.com"; "com" -> "" (the root) */
-static const char *parent_of(const char *domain)
+const char *check_parent(const char *domain)
 {
 	const char *dot = strchr(domain, '.');
 
@@ -1110,7 +1109,7 @@ int check_start(struct check_engine *e, const char *domain, check_cb cb, void *a
 			*c = (char)(*c - 'A' + 'a');
 	d->cfgdom = config_domain_find(e->cfg, d->r->domain);
 	clock_gettime(CLOCK_MONOTONIC, &d->start);
-	p = pilot_get(e, parent_of(d->r->domain), &created);
+	p = pilot_get(e, check_parent(d->r->domain), &created);
 	if (p != NULL && !created && p->flying != NULL) {
 		domq_add(&p->wait, d); /* until the pilot's first answer (pilot_land) */
 	} else {

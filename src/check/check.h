@@ -157,6 +157,9 @@ void check_result_free(struct check_result **r);
 
 /* ---- pure parts ---- */
 
+/* check_parent - the name after the first label ("a.example.com" -> "example.com"; a TLD -> "") */
+const char *check_parent(const char *domain);
+
 /* check_verdict - fill the verdict fields of r and of its MXs and addresses */
 void check_verdict(struct check_result *r);
 

@@ -569,13 +569,12 @@ static void par_event(struct bufferevent *bev, short what, void *arg)
 		par_close(arg);
 }
 
-/* parent_hash - the hash of the name after the first label ("" for a TLD) */
+/* parent_hash - a hash of the domain's parent zone (check_parent: the pilots' notion too) */
 static unsigned parent_hash(const char *domain)
 {
-	const char *p = strchr(domain, '.');
 	unsigned h = 2166136261u;
 
-	for (p = p != NULL ? p + 1 : ""; *p; p++)
+	for (const char *p = check_parent(domain); *p; p++)
 		h = (h ^ (unsigned char)*p) * 16777619u;
 	return h;
 }

@@ -290,9 +290,18 @@ static void test_summary_postfix_html(void **state)
 		json_decref(d[i]);
 }
 
+static void test_parent(void **state)
+{
+	(void)state;
+	assert_string_equal(check_parent("valid-0001.pop1.lab"), "pop1.lab");
+	assert_string_equal(check_parent("example.com"), "com");
+	assert_string_equal(check_parent("com"), "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_parent),
 	    cmocka_unit_test(test_all_good_dane),
 	    cmocka_unit_test(test_second_mx_expired),
 	    cmocka_unit_test(test_dane_fails_pkix_would_pass),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""losefs - a FUSE file system that forgets what was never fsync'd, for power-loss tests.
+"""losefs - a FUSE file system that forgets what was never fsync'd, for power-loss tests,
+and fails chosen operations with a chosen errno, for I/O-error tests.
 
-    losefs.py BACKING MOUNTPOINT OUT
+    losefs.py BACKING MOUNTPOINT OUT [FAULTS]
 
 Every operation goes through to BACKING at once (what processes see is an ordinary file
 system), and losefs keeps, in memory, what a power cut would leave behind:
@@ -18,6 +19,12 @@ a power cut is written to OUT as ordinary files and directories, to start the da
 it again. Single-threaded: every operation, fsync included, is atomic with respect to the
 others, so the durable picture is exactly what the process was told was durable.
 
+FAULTS, a file that may come and go while mounted, holds rules, one per line:
+`OP ERRNO SUBSTRING` (`fsync EIO /spool/`): every OP (write, fsync, fsyncdir, create,
+rename, link) on a path containing SUBSTRING fails with ERRNO before it has any effect
+(a failed fsync leaves the durable picture as it was). The file is read again whenever it
+changes (replace it by a rename); without it, or empty, nothing fails.
+
 Not modelled: a torn write (a partly written page), reordering within an fsync'd file,
 extended attributes, directory renames (strictmx does not rename directories).
 """
@@ -33,9 +40,12 @@ except ImportError:
 
 
 class LoseFS(Operations):
-    def __init__(self, backing, out):
+    def __init__(self, backing, out, faults=None):
         self.root = os.path.realpath(backing)
         self.out = out
+        self.faults = faults
+        self.faults_seen = None  # (inode, mtime_ns, size) of the rules read last
+        self.rules = []          # (op, errno, substring)
         # A file is known by an id of its own, not its inode number: a number freed by
         # an unlink is given to the next new file, while the old name may still be in
         # a directory's durable entries.
@@ -46,6 +56,27 @@ class LoseFS(Operations):
         # "/rel/dir" -> {name: ("f", id) | ("d", mode, uid, gid) | ("l", target)}
         self.dirs = {}
         self._snapshot("/")
+
+    # -- injected errors --
+    def _fault(self, op, *paths):
+        if self.faults is None:
+            return
+        try:
+            st = os.stat(self.faults)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen != self.faults_seen:
+            self.faults_seen, self.rules = seen, []
+            if seen is not None:
+                with open(self.faults) as f:
+                    for line in f:
+                        w = line.split()
+                        if len(w) == 3:
+                            self.rules.append((w[0], getattr(errno, w[1]), w[2]))
+        for rop, err, sub in self.rules:
+            if rop == op and any(sub in p for p in paths):
+                raise FuseOSError(err)
 
     # -- the durable picture --
     def _b(self, path):
@@ -166,9 +197,11 @@ class LoseFS(Operations):
         os.unlink(self._b(path))
 
     def rename(self, old, new):
+        self._fault("rename", old, new)
         os.rename(self._b(old), self._b(new))
 
     def link(self, target, source):
+        self._fault("link", target, source)
         os.link(self._b(source), self._b(target))
 
     def symlink(self, target, source):
@@ -201,6 +234,7 @@ class LoseFS(Operations):
         return os.open(self._b(path), self._flags(flags))
 
     def create(self, path, mode, fi=None):
+        self._fault("create", path)
         fd = os.open(self._b(path), os.O_RDWR | os.O_CREAT, mode)
         self._own(path)
         self._new_id(os.fstat(fd))  # a new file, maybe with a freed inode number
@@ -210,6 +244,7 @@ class LoseFS(Operations):
         return os.pread(fh, size, offset)
 
     def write(self, path, data, offset, fh):
+        self._fault("write", path)
         return os.pwrite(fh, data, offset)
 
     def flush(self, path, fh):
@@ -220,6 +255,7 @@ class LoseFS(Operations):
         return 0
 
     def fsync(self, path, datasync, fh):
+        self._fault("fsync", path)
         self._sync_file(path, fh)
         return 0
 
@@ -230,6 +266,7 @@ class LoseFS(Operations):
         return 0
 
     def fsyncdir(self, path, datasync, fh):
+        self._fault("fsyncdir", path)
         self._sync_dir(path)
         return 0
 
@@ -240,13 +277,14 @@ class LoseFS(Operations):
 
 
 def main():
-    if len(sys.argv) != 4:
-        print("usage: losefs.py BACKING MOUNTPOINT OUT", file=sys.stderr)
+    if len(sys.argv) not in (4, 5):
+        print("usage: losefs.py BACKING MOUNTPOINT OUT [FAULTS]", file=sys.stderr)
         return 2
-    backing, mnt, out = sys.argv[1:]
+    backing, mnt, out = sys.argv[1:4]
+    faults = sys.argv[4] if len(sys.argv) == 5 else None
     # allow_other: strictmxd drops root for its user; default_permissions: the kernel
     # checks modes and owners as it would on a local file system
-    FUSE(LoseFS(backing, out), mnt, foreground=True, nothreads=True, allow_other=True,
+    FUSE(LoseFS(backing, out, faults), mnt, foreground=True, nothreads=True, allow_other=True,
          default_permissions=True)
     return 0
 

@@ -726,3 +726,81 @@ def run(argv, timeout=60, input=None, check_timeout=True):
     return subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                           text=True, errors="replace")
+
+
+# ---- losefs (tests/integration/losefs.py): power cuts and injected I/O errors ----
+
+LOSEFS = os.path.join(HERE, "losefs.py")
+# Debian's interpreter: python3-fusepy is installed for it (not for another python3 on PATH)
+FS_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
+
+
+def fuse_missing():
+    """Why losefs cannot run here (no /dev/fuse, no python3-fusepy), or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse on this machine"
+    if FS_PYTHON is None:
+        return "no /usr/bin/python3 (Debian's, with python3-fusepy)"
+    p = subprocess.run([FS_PYTHON, "-c", "import fusepy"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        return "python3-fusepy/libfuse2 not usable: %s" % p.stderr.strip()[-300:]
+    return None
+
+
+class LoseFs:
+    """losefs mounted on a new directory (`mnt`); what a power cut leaves is written to `out`
+    by unmount(). With faults=True, set_faults() makes chosen operations fail (losefs.py's
+    FAULTS rules). Cleanups (kill, lazy unmount, removal) are registered on `test`."""
+
+    def __init__(self, test, faults=False):
+        self.base = tempfile.mkdtemp(prefix="smx-losefs-")
+        os.chmod(self.base, 0o755)  # the daemon's own user walks through it
+        test.addCleanup(shutil.rmtree, self.base, True)
+        self.backing, self.mnt, self.out = (os.path.join(self.base, n)
+                                            for n in ("backing", "mnt", "out"))
+        for p in (self.backing, self.mnt, self.out):
+            os.mkdir(p, 0o700)
+        self.faults = os.path.join(self.base, "faults") if faults else None
+        self.log_path = os.path.join(self.base, "losefs.log")
+        log = open(self.log_path, "wb")
+        test.addCleanup(log.close)
+        self.proc = subprocess.Popen(
+            [FS_PYTHON, LOSEFS, self.backing, self.mnt, self.out]
+            + ([self.faults] if self.faults else []),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        test.addCleanup(self._stop)
+        if not poll(lambda: os.path.ismount(self.mnt), 20):
+            test.fail("losefs did not mount:\n" + self.log_text())
+        test.addCleanup(lambda: os.path.ismount(self.mnt)
+                        and subprocess.run(["umount", "-l", self.mnt], timeout=60))
+
+    def _stop(self):
+        if self.proc.poll() is None:  # unmounted lazily just before (cleanups run LIFO)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def set_faults(self, *rules):
+        """Replace the rules ("fsync EIO /spool/", ...); none: nothing fails."""
+        tmp = self.faults + ".new"
+        with open(tmp, "w") as f:
+            f.write("".join(r + "\n" for r in rules))
+        os.rename(tmp, self.faults)
+
+    def unmount(self):
+        """The power cut: unmount; losefs writes what would survive to `out`. True when it
+        finished writing."""
+        subprocess.run(["umount", self.mnt], check=True, timeout=60)
+        self.proc.wait(60)
+        done = os.path.join(self.out, ".losefs-done")
+        if not os.path.exists(done):
+            return False
+        os.unlink(done)
+        return True
+
+    def log_text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-2000:]

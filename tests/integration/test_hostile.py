@@ -17,6 +17,7 @@ bounded. The disk-full tests mount small tmpfs file systems (root, as in test_fa
 """
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -337,6 +338,85 @@ class DiskFull(unittest.TestCase):
         self.assertEqual(len(delivered()), 3, d.log_text()[-3000:])
         self.assertTrue(smxtest.poll(lambda: json.loads(
             cli(d, "queue", "list", "--json").stdout or "[]") == [], 15))
+
+
+class IoError(unittest.TestCase):
+    """H.56, what ENOSPC does not cover: the disk answers EIO to a write, an fsync, a
+    rename or a link (losefs.py FAULTS rules; a failed fsync leaves nothing durable). A message whose
+    spool file or queue row could not be made durable gets a 4xx, never a 250, and is not
+    delivered later; a Maildir delivery that fails so is deferred, leaves no message in
+    new/, and is delivered once when the disk works again."""
+
+    def setUp(self):
+        why = smxtest.fuse_missing()
+        if why:
+            # make deps-test installs FUSE and python3-fusepy; only a machine without
+            # /dev/fuse gets here
+            self.skipTest(why)
+
+    def queue_empty(self, d):
+        return smxtest.poll(lambda: json.loads(
+            cli(d, "queue", "list", "--json").stdout or "[]") == [], 20)
+
+    def test_eio_while_storing_is_a_4xx_and_nothing_refused_is_delivered(self):
+        fs = smxtest.LoseFs(self, faults=True)
+        d = daemon(data_dir=fs.mnt)
+        self.addCleanup(d.stop)
+        self.assertRegex(str(send(d, "before")), QUEUED_RE)
+        self.assertTrue(d.wait_log(r"event=removed id=", 20), d.log_text()[-2000:])
+        rules = ("write EIO /spool/", "rename EIO /queue/", "fsync EIO /queue/", "fsyncdir EIO /queue",
+                 "fsync EIO /queue.db", "write EIO /queue.db")
+        for rule in rules:
+            fs.set_faults(rule)
+            r = send(d, "refused: " + rule)
+            self.assertRegex(str(r), r"^451 4\.3\.0 ", "%s: %s\n%s"
+                             % (rule, r, d.log_text()[-2000:]))
+            self.assertTrue(d.alive(), rule)
+        self.assertEqual(d.log_text().count("event=store_failed"), len(rules))
+        fs.set_faults()
+        self.assertRegex(str(send(d, "after")), QUEUED_RE, d.log_text()[-3000:])
+        files = d.wait_mail("example.org", "bob", 2, timeout=20)
+        self.assertTrue(self.queue_empty(d), cli(d, "queue", "list").stdout)
+        got = b"".join(smxtest.read_file(p) for p in d.mail_files("example.org", "bob"))
+        self.assertEqual(len(files), 2)
+        self.assertIn(b"Subject: before", got)
+        self.assertIn(b"Subject: after", got)
+        self.assertNotIn(b"refused:", got)
+
+    def test_eio_in_maildir_delivery_defers_then_delivers_once(self):
+        fs = smxtest.LoseFs(self, faults=True)
+        d = daemon("\n[queue]\nretry_min = 1\nretry_max = 2\n", data_dir=fs.mnt)
+        self.addCleanup(d.stop)
+        new = os.path.join(fs.mnt, "mail", "example.org", "bob", "new")
+
+        def delivered():
+            return sorted(os.listdir(new)) if os.path.isdir(new) else []
+        tmp = os.path.join(os.path.dirname(new), "tmp")
+        # the queue file is hard-linked into tmp/, renamed into new/, new/ fsync'd; with no
+        # hard link (EPERM) it is copied into tmp/ (write, fsync) instead
+        rules = (("link EIO /tmp/",), ("rename EIO /new/",), ("fsyncdir EIO /new",),
+                 ("link EPERM /tmp/", "write EIO /tmp/"), ("link EPERM /tmp/", "fsync EIO /tmp/"))
+        for i, rule in enumerate(rules):
+            fs.set_faults(*rule)
+            r = str(send(d, "deferred %d" % i))
+            self.assertRegex(r, QUEUED_RE, rule)
+            qid = r.split()[-1]
+            # this message's first attempt, not another's retry
+            first = re.compile(r"event=result id=%s .*result=(\w+)" % qid)
+            self.assertTrue(d.wait_log(first.pattern, 20), "%s\n%s" % (rule, d.log_text()[-3000:]))
+            self.assertEqual(first.search(d.log_text()).group(1), "deferred", rule)
+            # what a failed delivery placed is gone: nothing in new/ (it would be a
+            # duplicate after the retry), nothing left in tmp/
+            self.assertEqual(delivered(), [], rule)
+            self.assertEqual(os.listdir(tmp), [], rule)
+        fs.set_faults()
+        # no restart, no flush: the retry schedule alone brings them in
+        smxtest.poll(lambda: len(delivered()) >= len(rules), 30)
+        self.assertTrue(self.queue_empty(d), cli(d, "queue", "list").stdout)
+        got = [smxtest.read_file(os.path.join(new, n)) for n in delivered()]
+        self.assertEqual(len(got), len(rules), d.log_text()[-3000:])
+        for i in range(len(rules)):
+            self.assertEqual(sum(b"Subject: deferred %d\r\n" % i in g for g in got), 1)
 
 
 class EnvelopeIntegrity(unittest.TestCase):

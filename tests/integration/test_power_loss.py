@@ -20,9 +20,7 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -30,27 +28,13 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import smxtest  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LOSEFS = os.path.join(HERE, "losefs.py")
-# Debian's interpreter: python3-fusepy is installed for it (not for another python3 on PATH)
-FS_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 ROUNDS = 3
 MID_RE = re.compile(rb"^message-id:\s*<([^>]+)>", re.I | re.M)
 
 
-def fuse_missing():
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse on this machine"
-    p = subprocess.run([FS_PYTHON, "-c", "import fusepy"], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=30)
-    if p.returncode != 0:
-        return "python3-fusepy/libfuse2 not usable: %s" % p.stderr.strip()[-300:]
-    return None
-
-
 class PowerLoss(unittest.TestCase):
     def setUp(self):
-        why = fuse_missing()
+        why = smxtest.fuse_missing()
         if why:
             # make deps-test installs both; only a machine without FUSE gets here
             self.skipTest(why)
@@ -64,19 +48,8 @@ class PowerLoss(unittest.TestCase):
                 self.one_round(r, rnd)
 
     def one_round(self, r, rnd):
-        base = tempfile.mkdtemp(prefix="smx-pl-")
-        os.chmod(base, 0o755)  # the daemon's own user walks through it
-        self.addCleanup(shutil.rmtree, base, True)
-        backing, mnt, out = (os.path.join(base, n) for n in ("backing", "mnt", "out"))
-        for p in (backing, mnt, out):
-            os.mkdir(p, 0o700)
-        fslog = open(os.path.join(base, "losefs.log"), "wb")
-        self.addCleanup(fslog.close)
-        fs = subprocess.Popen([FS_PYTHON, LOSEFS, backing, mnt, out],
-                              stdin=subprocess.DEVNULL, stdout=fslog, stderr=fslog)
-        self.addCleanup(lambda: fs.poll() is None and fs.kill())
-        self.assertTrue(smxtest.poll(lambda: os.path.ismount(mnt), 20), "losefs did not mount")
-        self.addCleanup(lambda: os.path.ismount(mnt) and subprocess.run(["umount", "-l", mnt]))
+        fs = smxtest.LoseFs(self)
+        mnt, out = fs.mnt, fs.out
 
         d = smxtest.Daemon.with_config("", data_dir=mnt)
         acked, stop, why = [], threading.Event(), []
@@ -113,11 +86,7 @@ class PowerLoss(unittest.TestCase):
         shutil.rmtree(d.tmp, ignore_errors=True)
 
         # the power cut: losefs writes what would have survived into out
-        subprocess.run(["umount", mnt], check=True, timeout=60)
-        fs.wait(60)
-        done = os.path.join(out, ".losefs-done")
-        self.assertTrue(os.path.exists(done), open(fslog.name, errors="replace").read()[-2000:])
-        os.unlink(done)
+        self.assertTrue(fs.unmount(), fs.log_text())
         acked = acked[:n_acked]  # a 250 read after the kill cannot exist; be exact anyway
 
         d2 = smxtest.Daemon.with_config("", data_dir=out)

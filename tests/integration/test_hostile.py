@@ -18,6 +18,7 @@ bounded. The disk-full tests mount small tmpfs file systems (root, as in test_fa
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -502,7 +503,7 @@ class HostileSni(unittest.TestCase):
     """E.30: hostile SNI values in the ClientHello (inbound). strictmxd does not select
     by SNI (it is never parsed by our code, only by OpenSSL): the handshake completes
     with the default certificate, nothing crashes. A NUL byte cannot be passed through
-    openssl s_client's argv and is not sent."""
+    openssl s_client's argv: test_nul_in_sni sends a ClientHello built here."""
 
     NAMES = ["a\\", "a" * 255, "x" * 63 + "." + "y" * 63, "under_score.example", "é.example",
              "%s%n%x", "-oQ", "a..b"]
@@ -520,6 +521,79 @@ class HostileSni(unittest.TestCase):
                 self.assertIn("221 2.0.0", out, r.stderr.decode("utf-8", "replace")[-500:])
                 self.assertTrue(d.alive())
         self.assertNotIn("%n", d.log_text())
+
+    def test_nul_in_sni(self):
+        """The name with a NUL (which s_client cannot send) in a ClientHello built here:
+        refused by OpenSSL with a fatal alert, no ServerHello, the connection closed, the
+        next session served. The same ClientHello with an ordinary name gets a ServerHello,
+        so the refusal is the NUL's."""
+        d = daemon()
+        self.addCleanup(d.stop)
+        for name, want in ((b"mx.test.example", "hello"), (b"mx\0.test.example", "alert"),
+                           (b"\0", "alert"), (b"mx.test.example\0", "alert")):
+            with self.subTest(sni=name):
+                c = smxtest.Client(d.port)
+                self.addCleanup(c.close)
+                self.assertEqual(c.ehlo("client.test.example").code, 250)
+                self.assertEqual(c.cmd("STARTTLS").code, 220)
+                c.send(client_hello(name))
+                if want == "hello":
+                    rec = read_record(c)
+                    self.assertEqual(rec[:1], b"\x16", rec[:16])  # handshake
+                    self.assertEqual(rec[5:6], b"\x02", rec[:16])  # ServerHello
+                else:
+                    data, closed = c.read_until_closed(10)
+                    self.assertTrue(closed, data[:64])
+                    # one record, nothing else: a fatal unrecognized_name (112) alert
+                    self.assertEqual(data[:1], b"\x15", data[:64])
+                    self.assertEqual(len(data), 7, data[:64])
+                    self.assertEqual((data[5], data[6]), (2, 112), data)
+                c.close()
+                self.assertTrue(d.alive())
+        c = smxtest.tls_session(d.port)
+        self.assertEqual(c.cmd("QUIT").code, 221)
+        c.close()
+        self.assertNotIn("\0", d.log_text())
+
+
+def client_hello(sni):
+    """A TLS 1.3 ClientHello (TLS 1.2 offered too) whose server_name is sni (bytes, as
+    is): X25519 key share, AES-GCM and ChaCha20 suites, ECDSA/RSA-PSS signatures."""
+    def vec(n, b):  # a TLS vector: length in n octets, then b
+        return len(b).to_bytes(n, "big") + b
+
+    def ext(t, b):
+        return t.to_bytes(2, "big") + vec(2, b)
+    exts = (ext(0x0000, vec(2, b"\x00" + vec(2, sni)))                    # server_name
+            + ext(0x000a, vec(2, b"\x00\x1d\x00\x17"))                     # groups
+            + ext(0x000b, vec(1, b"\x00"))                                  # point formats
+            + ext(0x000d, vec(2, b"\x04\x03\x08\x04\x08\x09\x04\x01"))     # sig algs
+            + ext(0x002b, vec(1, b"\x03\x04\x03\x03"))                     # versions
+            + ext(0x0033, vec(2, b"\x00\x1d" + vec(2, os.urandom(32)))))   # key share
+    body = (b"\x03\x03" + os.urandom(32) + vec(1, os.urandom(32))
+            + vec(2, b"\x13\x01\x13\x02\x13\x03\xc0\x2b\xc0\x2f\xcc\xa9")
+            + vec(1, b"\x00") + vec(2, exts))
+    hs = b"\x01" + vec(3, body)
+    return b"\x16\x03\x01" + vec(2, hs)
+
+
+def read_record(c, timeout=10):
+    """One TLS record (header and body) from the Client's socket, within the bound."""
+    deadline = time.monotonic() + timeout
+    data = c.buf
+    c.buf = b""
+    c.sock.settimeout(1)
+    while time.monotonic() < deadline:
+        if len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big"):
+            return data
+        try:
+            b = c.sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not b:
+            break
+        data += b
+    return data
 
 class Floods(unittest.TestCase):
     """Floods in one session: every limit answers with its code, memory stays bounded

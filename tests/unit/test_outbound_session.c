@@ -813,6 +813,26 @@ static void test_outbound_bad_addresses(void **state)
 	outbound_session_free(&s);
 }
 
+/* the answers of the reply-code matrices below: every code, garbage, EOF */
+static const char *const matrix_answers[] = {
+    "220 x\r\n",          "221 x\r\n",   "250 x\r\n", "354 x\r\n", "421 x\r\n", "454 x\r\n",
+    "500 x\r\n",          "501 x\r\n",   "502 x\r\n", "504 x\r\n", "530 x\r\n", "550 x\r\n",
+    "554 x\r\n",          "garbage\r\n", "\r\n",      "250-x\r\n", "220-x\r\n", "250 x\n",
+    "220 x\r\n250 y\r\n", "2",           NULL,
+};
+#define N_MATRIX (sizeof(matrix_answers) / sizeof(matrix_answers[0]))
+
+/*
+ * matrix_ok - the answer is a 250 reply: "250 x", or "250-x", which the
+ * scripts complete with "250 y" ("250 x\n" is not: a bare LF in a reply is
+ * a protocol error)
+ */
+static bool matrix_ok(size_t a)
+{
+	const char *m = matrix_answers[a];
+	return m != NULL && (strcmp(m, "250 x\r\n") == 0 || strcmp(m, "250-x\r\n") == 0);
+}
+
 /*
  * The reply-code matrix (security-anchors §8 B 9): greeting, EHLO and
  * STARTTLS each answered with every code, with garbage or with EOF. The
@@ -820,19 +840,12 @@ static void test_outbound_bad_addresses(void **state)
  */
 static void test_outbound_hostile_matrix(void **state)
 {
-	static const char *const answers[] = {
-	    "220 x\r\n",          "221 x\r\n",   "250 x\r\n", "354 x\r\n", "421 x\r\n", "454 x\r\n",
-	    "500 x\r\n",          "501 x\r\n",   "502 x\r\n", "504 x\r\n", "530 x\r\n", "550 x\r\n",
-	    "554 x\r\n",          "garbage\r\n", "\r\n",      "250-x\r\n", "220-x\r\n", "250 x\n",
-	    "220 x\r\n250 y\r\n", "2",           NULL,
-	};
-	size_t na = sizeof(answers) / sizeof(answers[0]);
 	static const char *const tail[] = {"250-a\r\n250 STARTTLS\r\n", "250 ok\r\n", "250 ok\r\n",
 	                                   "354 go\r\n", "250 ok\r\n"};
 
 	(void)state;
 	for (int step = 0; step < 3; step++) {
-		for (size_t a = 0; a < na; a++) {
+		for (size_t a = 0; a < N_MATRIX; a++) {
 			const char *script[8];
 			size_t n = 0;
 			struct outbound_params p;
@@ -843,7 +856,7 @@ static void test_outbound_hostile_matrix(void **state)
 				script[n++] = GREET;
 			if (step > 1)
 				script[n++] = EHLO_TLS;
-			script[n++] = answers[a];
+			script[n++] = matrix_answers[a];
 			for (size_t k = 0; k < 5; k++)
 				script[n++] = tail[k];
 			params(&p, two_rcpts, 2);
@@ -856,6 +869,164 @@ static void test_outbound_hostile_matrix(void **state)
 			free_t(&t);
 			outbound_session_free(&s);
 		}
+	}
+}
+
+/* a whole transaction for two recipients over TLS, after the greeting */
+static const char *const whole_tls[] = {
+    GREET,
+    EHLO_TLS,
+    STARTTLS_OK,
+    "250-mx.y.example\r\n250 SIZE 1000\r\n",
+    "250 2.1.0 Ok\r\n",
+    "250 2.1.5 Ok\r\n",
+    "250 2.1.5 Ok\r\n",
+    "354 go\r\n",
+    "250 2.0.0 Ok: queued as A\r\n",
+};
+
+/*
+ * The matrix for RSET (security case 9): on a reused connection (keep_open)
+ * the next message begins with RSET; only 250 lets MAIL follow. Anything
+ * else ends the host temporarily (QUIT unless 421), the new recipients are
+ * NOT_TRIED (tried again elsewhere), and nothing after RSET is written.
+ */
+static void test_outbound_rset_matrix(void **state)
+{
+	static const char *const one[] = {"c@y.example"};
+	static const char *const tail[] = {"250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+	                                   "250 2.0.0 Ok: queued as B\r\n"};
+
+	(void)state;
+	for (size_t a = 0; a < N_MATRIX; a++) {
+		const char *script[8];
+		size_t n = 0, len;
+		struct outbound_params p;
+		struct transcript t;
+		struct outbound_session *s;
+
+		params(&p, two_rcpts, 2);
+		p.keep_open = true;
+		s = outbound_session_new(&p);
+		assert_int_equal(run(s, &t, whole_tls, 9), OUTBOUND_DONE);
+		assert_null(strstr(t.sent, "QUIT")); /* kept open */
+		assert_true(outbound_session_idle(s));
+		assert_rcpt(s, 0, OUTBOUND_RCPT_DELIVERED, 250, "Ok: queued as A");
+		free_t(&t);
+
+		assert_int_equal(outbound_session_next(s, "s2@x.example", one, 1, 50, 2), 0);
+		const char *o = outbound_session_output(s, &len);
+		assert_int_equal(len, 6);
+		assert_memory_equal(o, "RSET\r\n", 6);
+		outbound_session_output_clear(s);
+
+		script[n++] = matrix_answers[a];
+		if (matrix_answers[a] != NULL && strcmp(matrix_answers[a], "250-x\r\n") == 0)
+			script[n++] = "250 y\r\n";
+		for (size_t k = 0; k < 4; k++)
+			script[n++] = tail[k];
+		enum outbound_action last = run(s, &t, script, n);
+		bool ok = matrix_ok(a);
+		if (ok) {
+			if (last != OUTBOUND_DONE)
+				fail_msg("answer %zu (%s): sent %s", a, matrix_answers[a], t.sent);
+			assert_non_null(strstr(t.sent, "MAIL FROM:<s2@x.example>"));
+			assert_rcpt(s, 0, OUTBOUND_RCPT_DELIVERED, 250, "Ok: queued as B");
+		} else {
+			/* a multi-line reply still waiting for its last line: EOF ends it */
+			assert_true(last == OUTBOUND_CLOSE || last == OUTBOUND_NONE);
+			if (last == OUTBOUND_NONE) {
+				outbound_session_eof(s);
+				assert_int_equal(outbound_session_action(s), OUTBOUND_CLOSE);
+			}
+			assert_null(strstr(t.sent, "MAIL"));
+			assert_true(outbound_session_host_error(s, NULL, NULL));
+			assert_rcpt(s, 0, OUTBOUND_RCPT_NOT_TRIED, 0, NULL);
+		}
+		free_t(&t);
+		outbound_session_free(&s);
+	}
+}
+
+/*
+ * QUIT (security case 9): the session does not wait for the answer to QUIT
+ * (DONE means "send QUIT and close"); whatever the server says after it,
+ * or not, changes no result and writes nothing more.
+ */
+static void test_outbound_quit_answer_ignored(void **state)
+{
+	(void)state;
+	for (size_t a = 0; a < N_MATRIX; a++) {
+		struct outbound_params p;
+		struct transcript t;
+		struct outbound_session *s;
+		size_t len;
+
+		params(&p, two_rcpts, 2);
+		s = outbound_session_new(&p);
+		assert_int_equal(run(s, &t, whole_tls, 9), OUTBOUND_DONE);
+		assert_non_null(strstr(t.sent, ".\r\nQUIT\r\n"));
+		free_t(&t);
+		if (matrix_answers[a] == NULL)
+			outbound_session_eof(s);
+		else
+			(void)outbound_session_input(s, matrix_answers[a],
+			                             strlen(matrix_answers[a]));
+		(void)outbound_session_output(s, &len);
+		assert_int_equal(len, 0);
+		assert_int_equal(outbound_session_action(s), OUTBOUND_DONE);
+		assert_false(outbound_session_host_error(s, NULL, NULL));
+		assert_rcpt(s, 0, OUTBOUND_RCPT_DELIVERED, 250, "Ok: queued as A");
+		assert_rcpt(s, 1, OUTBOUND_RCPT_DELIVERED, 250, "Ok: queued as A");
+		outbound_session_free(&s);
+	}
+}
+
+/*
+ * HELO (security case 9): strictmx sends HELO only without require_tls (a
+ * test mode; with require_tls a refused EHLO ends the host). There, every
+ * answer to HELO but 250 ends the session without MAIL.
+ */
+static void test_outbound_helo_matrix(void **state)
+{
+	static const char *const one[] = {"a@y.example"};
+
+	(void)state;
+	for (size_t a = 0; a < N_MATRIX; a++) {
+		static const char *const tail[] = {"250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+		                                   "250 queued\r\n"};
+		const char *script[8] = {GREET, "502 5.5.1 EHLO not implemented\r\n",
+		                         matrix_answers[a]};
+		size_t n = 3;
+		struct outbound_params p;
+		struct transcript t;
+		struct outbound_session *s;
+
+		params(&p, one, 1);
+		p.require_tls = false;
+		s = outbound_session_new(&p);
+		if (matrix_answers[a] != NULL && strcmp(matrix_answers[a], "250-x\r\n") == 0)
+			script[n++] = "250 y\r\n";
+		for (size_t k = 0; k < 4; k++)
+			script[n++] = tail[k];
+		enum outbound_action last = run(s, &t, script, n);
+		assert_non_null(strstr(t.sent, "HELO me.example\r\n"));
+		bool ok = matrix_ok(a);
+		if (ok) {
+			if (last != OUTBOUND_DONE)
+				fail_msg("answer %zu (%s): sent %s", a, matrix_answers[a], t.sent);
+			assert_rcpt(s, 0, OUTBOUND_RCPT_DELIVERED, 250, "queued");
+		} else {
+			if (last == OUTBOUND_NONE) {
+				outbound_session_eof(s);
+				last = outbound_session_action(s);
+			}
+			assert_int_equal(last, OUTBOUND_CLOSE);
+			assert_null(strstr(t.sent, "MAIL"));
+			assert_rcpt(s, 0, OUTBOUND_RCPT_NOT_TRIED, 0, NULL);
+		}
+		free_t(&t);
+		outbound_session_free(&s);
 	}
 }
 
@@ -1059,6 +1230,9 @@ int main(void)
 	    cmocka_unit_test(test_outbound_eof_timeout_tls_failed),
 	    cmocka_unit_test(test_outbound_bad_addresses),
 	    cmocka_unit_test(test_outbound_hostile_matrix),
+	    cmocka_unit_test(test_outbound_rset_matrix),
+	    cmocka_unit_test(test_outbound_quit_answer_ignored),
+	    cmocka_unit_test(test_outbound_helo_matrix),
 	    cmocka_unit_test(test_outbound_stuffer_basics),
 	    cmocka_unit_test(test_outbound_stuffer_smuggling),
 	    cmocka_unit_test(test_outbound_stuffer_long_line),

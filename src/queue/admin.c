@@ -14,7 +14,8 @@
 
 #include "common/xmalloc.h"
 
-static const char *const state_names[] = {"queued", "delivered", "failed"};
+/* rcpt.state (queue.c); "arriving": committed, its settlement not yet done */
+static const char *const state_names[] = {"queued", "delivered", "failed", "arriving"};
 
 char *queue_admin_pidfile(const char *data_dir)
 {
@@ -76,7 +77,7 @@ static json_t *rcpts_json(sqlite3 *db, const char *id)
 		json_array_append_new(
 		    arr,
 		    json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s}", "address", col(st, 0),
-		              "state", state >= 0 && state <= 2 ? state_names[state] : "?",
+		              "state", state >= 0 && state <= 3 ? state_names[state] : "?",
 		              "attempts", sqlite3_column_int(st, 2), "next_attempt", next, "status",
 		              col(st, 4), "reply", col(st, 5), "mx", col(st, 6), "reason",
 		              col(st, 7)));

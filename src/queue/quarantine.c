@@ -28,7 +28,7 @@
 #include "delivery/maildir.h"
 
 #define TEXT_MAX  1024 /* far above any path we accept (RFC 5321 §4.5.3.1.3: 256) */
-#define STATE_MAX 2    /* queue.c: queued, delivered, failed */
+#define STATE_MAX 2    /* queue.c: queued, delivered, failed (arriving rows are settled before) */
 
 struct bad {
 	char *id, *why;
@@ -150,6 +150,14 @@ static const char *body_problem(const char *path, sqlite3_int64 size, char *buf,
 	}
 	close(fd);
 	return why;
+}
+
+const char *queue_body_check(const char *path, sqlite3_int64 size, char *buf, size_t len)
+{
+	struct stat sb;
+	if (lstat(path, &sb) < 0 && errno == ENOENT)
+		return "body file missing";
+	return body_problem(path, size, buf, len);
 }
 
 /* put_escaped - bytes outside printable ASCII, and '\', as \xHH */

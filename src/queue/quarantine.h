@@ -14,6 +14,13 @@
 #include <sqlite3.h>
 #include <stddef.h>
 
+/*
+ * queue_body_check - why the body file at path is not a message of size
+ * octets as the queue writes it ("body file missing", a wrong size, not a
+ * message ...), or NULL when it is; buf holds the text when needed
+ */
+const char *queue_body_check(const char *path, sqlite3_int64 size, char *buf, size_t len);
+
 /* queue_quarantine_scan - check every entry of db; returns how many were moved */
 size_t queue_quarantine_scan(sqlite3 *db, const char *data_dir, const char *queue_dir);
 

@@ -55,7 +55,8 @@ struct pending {
 	struct maildir_msg *spool;
 	queue_commit_fn cb;
 	void *arg;
-	bool ok;
+	bool file_ok; /* stage 1: the body is in the queue directory, fsync'd */
+	bool ok;      /* both stages: the message is durable (set on the loop) */
 	char err[256];
 	char *body_path;
 };
@@ -74,7 +75,7 @@ struct queue {
 	char *dir;       /* data_dir/queue */
 	char *spool_dir; /* data_dir/spool: delivered bodies are recycled there */
 	struct pending *pending, **pending_tail;
-	bool in_files;     /* a batch is in the commit's first stage */
+	bool in_commit;    /* a batch is being committed (both stages) */
 	struct worker *fw; /* the commit's first stage: bodies to disk */
 	struct worker *w;  /* owns the database while the loop runs */
 	bool scan_busy, scan_again;
@@ -82,7 +83,11 @@ struct queue {
 	struct event *sched_ev;
 	struct event *results_ev; /* commits finished jobs' results, grouped */
 	struct event *sync_ev;    /* makes results durable when no commit does */
-	char *wal_path;           /* queue.db-wal */
+	struct event *settle_ev;  /* settles on its own when no batch comes */
+	/* loop: committed batches' settlement, for the next batch to carry */
+	char **settle_confirm, **settle_drop;
+	size_t n_settle_confirm, n_settle_drop;
+	char *wal_path; /* queue.db-wal */
 	/* worker thread: messages whose rows' deletion is committed but not yet
 	 * fsync'd; their bodies go once it is (flush_unsynced) */
 	char **unsynced;
@@ -110,6 +115,23 @@ static const char SCHEMA[] =
     " next_try INTEGER NOT NULL, last_try INTEGER, status TEXT, reply TEXT, mx TEXT,"
     " detail TEXT, PRIMARY KEY (msg_id, rcpt));"
     "CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt(state, next_try);";
+
+/*
+ * Recipient states (rcpt.state): 0 queued, 1 delivered, 2 failed, and
+ * ARRIVING: written by the commit while its bodies are still on their way to
+ * the disk (the two stages run at once); made 0 once both stages are done,
+ * or by recovery when the body turns out whole (see recover_arriving).
+ */
+#define RCPT_ARRIVING     3
+#define RCPT_ARRIVING_SQL "3"
+
+/* strv_push - append v (taken) to a growing array of strings */
+static void strv_push(char ***v, size_t *n, char *s)
+{
+	if ((*n & (*n - 1)) == 0) /* 0, 1, 2, 4 ...: full */
+		*v = xrealloc(*v, (*n ? 2 * *n : 1) * sizeof(**v));
+	(*v)[(*n)++] = s;
+}
 
 static void schedule_commit(struct queue *q);
 static void schedule_scan(struct queue *q, time_t when);
@@ -226,8 +248,12 @@ void queue_submit(struct queue *q, const struct queue_msg_in *m, struct maildir_
 	schedule_commit(q);
 }
 
-/* insert_message - rows for one message inside the open transaction */
-static int insert_message(struct queue *q, const struct pending *p, time_t now)
+/*
+ * insert_message - rows for one message inside the open transaction; its
+ * recipients ARRIVING (a commit whose bodies may still be on their way) or
+ * queued (a DSN, whose body is already durable)
+ */
+static int insert_message(struct queue *q, const struct pending *p, time_t now, bool arriving)
 {
 	sqlite3_stmt *m = prep(q, "INSERT INTO message (id, sender, created, size, client_ip, "
 	                          "tls) VALUES (?,?,?,?,?,?)");
@@ -241,8 +267,11 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 	unprep(q, m);
 	if (rc < 0)
 		return -1;
-	sqlite3_stmt *r = prep(q, "INSERT OR IGNORE INTO rcpt (msg_id, rcpt, domain, local_user, "
-	                          "next_try) VALUES (?,?,?,?,?)");
+	sqlite3_stmt *r =
+	    arriving ? prep(q, "INSERT OR IGNORE INTO rcpt (msg_id, rcpt, domain, local_user, "
+	                       "next_try, state) VALUES (?,?,?,?,?," RCPT_ARRIVING_SQL ")")
+	             : prep(q, "INSERT OR IGNORE INTO rcpt (msg_id, rcpt, domain, local_user, "
+	                       "next_try, state) VALUES (?,?,?,?,?,0)");
 	for (size_t i = 0; i < p->n && rc == 0; i++) {
 		sqlite3_reset(r);
 		sqlite3_bind_text(r, 1, p->id, -1, SQLITE_STATIC);
@@ -261,21 +290,29 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now)
 }
 
 /*
- * The group commit, in two stages that overlap from one batch to the next.
- * Stage 1, on the file worker: every body of the batch renamed into the
- * queue directory, then the bodies and the directory fsync'd at once
- * (concurrent fsyncs share device flushes, common/fsyncpool.h). Stage 2, on
- * the database worker: one transaction for all the envelopes of the batch.
- * Then, on the loop, every waiting session hears the verdict. While batch N
- * is in stage 2, batch N+1 can be in stage 1, so a message waits for about
- * one device flush less than with the stages in series; one batch at a time
- * per stage, what arrives meanwhile forms the next.
+ * The group commit, in two stages that run at the same time. Stage 1, on the
+ * file worker: every body of the batch renamed into the queue directory,
+ * then the bodies and the directory fsync'd at once (concurrent fsyncs share
+ * device flushes, common/fsyncpool.h). Stage 2, on the database worker: one
+ * transaction inserts every envelope of the batch, its recipients ARRIVING
+ * (the body may not be on the disk yet, so nothing delivers them). When both
+ * are done, on the loop, every waiting session hears the verdict: 250 only
+ * for a message whose body and rows are both durable. The settlement - those
+ * recipients made queued, the rows of messages whose body failed removed -
+ * rides in the next batch's transaction, or, when no batch comes within
+ * SETTLE_MS, in one of its own without an fsync (settle_work). A crash before
+ * it is durable leaves ARRIVING rows: recovery keeps the ones whose body is
+ * whole (the 250 may have been sent) and drops the others (it was not).
+ * One batch at a time: what arrives meanwhile forms the next. docs/queue.md.
  */
 struct batch {
 	struct queue *q;
 	struct pending *list;
-	size_t n, n_ok;
-	bool ok_all;
+	bool db_ok; /* stage 2 committed */
+	int stages; /* stages still running */
+	/* earlier batches' settlement, carried by this one's transaction */
+	char **confirm, **drop;
+	size_t n_confirm, n_drop;
 };
 
 static void files_work(void *arg)
@@ -283,11 +320,12 @@ static void files_work(void *arg)
 	struct batch *b = arg;
 	struct queue *q = b->q;
 
+	size_t n = 0;
 	for (struct pending *p = b->list; p; p = p->next)
-		b->n++;
-	int *fds = xcalloc(b->n + 1, sizeof(int));
-	int *errs = xcalloc(b->n + 1, sizeof(int));
-	struct pending **who = xcalloc(b->n + 1, sizeof(*who));
+		n++;
+	int *fds = xcalloc(n + 1, sizeof(int));
+	int *errs = xcalloc(n + 1, sizeof(int));
+	struct pending **who = xcalloc(n + 1, sizeof(*who));
 	size_t nf = 0;
 	for (struct pending *p = b->list; p; p = p->next) {
 		int fd = maildir_spool_fd(p->spool);
@@ -309,13 +347,13 @@ static void files_work(void *arg)
 		who[nf] = p;
 		fds[nf++] = fd;
 	}
-	b->ok_all = true;
+	bool dir_ok = true;
 	int dirfd = -1;
 	if (nf) {
 		dirfd = open(q->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dirfd < 0) {
 			log_err("event=queue_error error=\"open %s: %s\"", q->dir, strerror(errno));
-			b->ok_all = false;
+			dir_ok = false;
 		} else {
 			fds[nf] = dirfd;
 		}
@@ -323,7 +361,7 @@ static void files_work(void *arg)
 		if (dirfd >= 0 && errs[nf]) {
 			log_err("event=queue_error error=\"fsync %s: %s\"", q->dir,
 			        strerror(errs[nf]));
-			b->ok_all = false;
+			dir_ok = false;
 		}
 		if (dirfd >= 0)
 			close(dirfd);
@@ -336,8 +374,13 @@ static void files_work(void *arg)
 			unlink(p->body_path);
 			continue;
 		}
-		p->ok = true;
-		b->n_ok++;
+		if (!dir_ok) {
+			/* its name in the queue directory is not durable */
+			snprintf(p->err, sizeof(p->err), "fsync of the queue directory failed");
+			unlink(p->body_path);
+			continue;
+		}
+		p->file_ok = true;
 	}
 	free(fds);
 	free(errs);
@@ -388,49 +431,205 @@ static void sync_cb(evutil_socket_t fd, short what, void *arg)
 	run(q, sync_work, NULL, q);
 }
 
+/* settle_rows - inside an open transaction: confirm[] queued, drop[] gone */
+static bool settle_rows(struct queue *q, char *const *confirm, size_t n_confirm, char *const *drop,
+                        size_t n_drop)
+{
+	bool ok = true;
+	if (n_confirm) {
+		sqlite3_stmt *c = prep(
+		    q, "UPDATE rcpt SET state = 0 WHERE msg_id = ? AND state = " RCPT_ARRIVING_SQL);
+		for (size_t i = 0; ok && i < n_confirm; i++) {
+			sqlite3_reset(c);
+			sqlite3_bind_text(c, 1, confirm[i], -1, SQLITE_STATIC);
+			ok = sqlite3_step(c) == SQLITE_DONE;
+		}
+		unprep(q, c);
+	}
+	if (ok && n_drop) {
+		sqlite3_stmt *d = prep(q, "DELETE FROM message WHERE id = ?");
+		for (size_t i = 0; ok && i < n_drop; i++) {
+			sqlite3_reset(d);
+			sqlite3_bind_text(d, 1, drop[i], -1, SQLITE_STATIC);
+			ok = sqlite3_step(d) == SQLITE_DONE;
+		}
+		unprep(q, d);
+	}
+	return ok;
+}
+
+/*
+ * db_work - stage 2, beside stage 1: the rows of every message of the batch,
+ * ARRIVING, and the settlement of the batches before. It reads only what
+ * queue_submit() and commit_cb set and writes only db_ok, so it shares
+ * nothing with files_work.
+ */
 static void db_work(void *arg)
 {
 	struct batch *b = arg;
 	struct queue *q = b->q;
 	time_t now = time(NULL);
-	bool ok_all = b->ok_all;
-	if (ok_all && b->n_ok) {
-		ok_all = db_exec(q, "BEGIN IMMEDIATE") == 0;
-		for (struct pending *p = b->list; ok_all && p; p = p->next)
-			if (p->ok && insert_message(q, p, now) < 0) {
-				log_err("event=queue_db_error id=%s error=\"%s\"", p->id,
-				        sqlite3_errmsg(q->db));
-				ok_all = false;
-			}
-		if (ok_all)
-			ok_all = db_exec(q, "COMMIT") == 0;
-		if (!ok_all)
-			db_exec(q, "ROLLBACK");
-		else
-			flush_unsynced(q); /* that COMMIT's fsync made them durable */
+	bool ok = db_exec(q, "BEGIN IMMEDIATE") == 0;
+	if (ok && !settle_rows(q, b->confirm, b->n_confirm, b->drop, b->n_drop)) {
+		log_err("event=queue_db_error error=\"settling: %s\"", sqlite3_errmsg(q->db));
+		ok = false;
 	}
-	b->n_ok = 0;
-	for (struct pending *p = b->list; p; p = p->next) {
-		if (p->ok && !ok_all) {
-			p->ok = false;
-			snprintf(p->err, sizeof(p->err), "queue database write failed");
-			unlink(p->body_path);
+	for (struct pending *p = b->list; ok && p; p = p->next)
+		if (insert_message(q, p, now, true) < 0) {
+			log_err("event=queue_db_error id=%s error=\"%s\"", p->id,
+			        sqlite3_errmsg(q->db));
+			ok = false;
 		}
-		if (p->ok) {
-			b->n_ok++;
-			log_info("event=queued id=%s from=<%s> rcpts=%zu size=%" PRIu64
-			         " batch=%zu",
-			         p->id, p->sender, p->n, p->size, b->n);
-		} else {
-			log_err("event=queue_failed id=%s error=\"%s\"", p->id, p->err);
-		}
+	if (ok)
+		ok = db_exec(q, "COMMIT") == 0;
+	if (!ok)
+		db_exec(q, "ROLLBACK");
+	else
+		flush_unsynced(q); /* that COMMIT's fsync made them durable */
+	b->db_ok = ok;
+}
+
+/* ---- the settlement when no batch carries it ---- */
+
+#define SETTLE_MS       10   /* how long a settlement waits for a batch to carry it */
+#define SETTLE_RETRY_MS 1000 /* after a settlement failed */
+
+struct settle {
+	struct queue *q;
+	char **confirm, **drop;
+	size_t n_confirm, n_drop;
+	bool ok;
+};
+
+static void strv_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* settle_take - move the loop's waiting settlement into *confirm / *drop */
+static void settle_take(struct queue *q, char ***confirm, size_t *n_confirm, char ***drop,
+                        size_t *n_drop)
+{
+	*confirm = q->settle_confirm;
+	*n_confirm = q->n_settle_confirm;
+	*drop = q->settle_drop;
+	*n_drop = q->n_settle_drop;
+	q->settle_confirm = q->settle_drop = NULL;
+	q->n_settle_confirm = q->n_settle_drop = 0;
+	if (q->settle_ev)
+		event_del(q->settle_ev);
+}
+
+/*
+ * settle_wait - confirm[] and drop[] (taken) wait again for a batch to carry
+ * them, or delay_ms for settle_cb
+ */
+static void settle_wait(struct queue *q, char **confirm, size_t n_confirm, char **drop,
+                        size_t n_drop, int delay_ms)
+{
+	for (size_t i = 0; i < n_confirm; i++)
+		strv_push(&q->settle_confirm, &q->n_settle_confirm, confirm[i]);
+	for (size_t i = 0; i < n_drop; i++)
+		strv_push(&q->settle_drop, &q->n_settle_drop, drop[i]);
+	free(confirm);
+	free(drop);
+	if ((q->n_settle_confirm || q->n_settle_drop) &&
+	    !event_pending(q->settle_ev, EV_TIMEOUT, NULL)) {
+		struct timeval tv = {delay_ms / 1000, (suseconds_t)(delay_ms % 1000) * 1000};
+		event_add(q->settle_ev, &tv);
 	}
 }
 
-static void commit_done(void *arg)
+static void settle_work(void *arg)
 {
-	struct batch *b = arg;
+	struct settle *st = arg;
+	struct queue *q = st->q;
+	/* no fsync of its own, like the results: recovery settles what is lost */
+	bool ok =
+	    db_exec(q, "PRAGMA synchronous=NORMAL") == 0 && db_exec(q, "BEGIN IMMEDIATE") == 0;
+	if (ok)
+		ok = settle_rows(q, st->confirm, st->n_confirm, st->drop, st->n_drop);
+	if (ok && db_exec(q, "COMMIT") < 0)
+		ok = false;
+	if (!ok) {
+		log_err("event=queue_db_error error=\"settling: %s\"", sqlite3_errmsg(q->db));
+		db_exec(q, "ROLLBACK");
+	}
+	if (db_exec(q, "PRAGMA synchronous=FULL") < 0)
+		log_err("event=queue_db_error error=\"%s\"", sqlite3_errmsg(q->db));
+	st->ok = ok;
+}
+
+static void settle_done(void *arg)
+{
+	struct settle *st = arg;
+	struct queue *q = st->q;
+	if (st->ok) {
+		if (st->n_confirm)
+			schedule_scan(q, 0);
+		strv_free(st->confirm, st->n_confirm);
+		strv_free(st->drop, st->n_drop);
+	} else {
+		settle_wait(q, st->confirm, st->n_confirm, st->drop, st->n_drop, SETTLE_RETRY_MS);
+	}
+	free(st);
+}
+
+static void settle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct queue *q = arg;
+	if (q->in_commit)
+		return; /* the batch in flight ends in commit_done, which hands it on */
+	struct settle *st = xcalloc(1, sizeof(*st));
+	st->q = q;
+	settle_take(q, &st->confirm, &st->n_confirm, &st->drop, &st->n_drop);
+	if (st->n_confirm + st->n_drop == 0) {
+		free(st);
+		return;
+	}
+	run(q, settle_work, settle_done, st);
+}
+
+/*
+ * commit_done - on the loop, once both stages of the batch are done: the
+ * verdicts; the settlement goes with the next batch (or after SETTLE_MS)
+ */
+static void commit_done(struct batch *b)
+{
 	struct queue *q = b->q;
+	size_t n = 0;
+	for (struct pending *p = b->list; p; p = p->next)
+		n++;
+	if (b->db_ok) {
+		if (b->n_confirm)
+			schedule_scan(q, 0);
+		strv_free(b->confirm, b->n_confirm);
+		strv_free(b->drop, b->n_drop);
+	} else {
+		/* what this batch carried is still to do */
+		settle_wait(q, b->confirm, b->n_confirm, b->drop, b->n_drop, SETTLE_MS);
+	}
+	for (struct pending *p = b->list; p; p = p->next) {
+		p->ok = p->file_ok && b->db_ok;
+		if (p->ok) {
+			strv_push(&q->settle_confirm, &q->n_settle_confirm, xstrdup(p->id));
+			log_info("event=queued id=%s from=<%s> rcpts=%zu size=%" PRIu64
+			         " batch=%zu",
+			         p->id, p->sender, p->n, p->size, n);
+		} else {
+			if (b->db_ok) /* its rows are in, its body is not */
+				strv_push(&q->settle_drop, &q->n_settle_drop, xstrdup(p->id));
+			if (p->file_ok) {
+				snprintf(p->err, sizeof(p->err), "queue database write failed");
+				unlink(p->body_path);
+			}
+			log_err("event=queue_failed id=%s error=\"%s\"", p->id, p->err);
+		}
+	}
 	for (struct pending *p = b->list; p;) {
 		struct pending *next = p->next;
 		if (p->cb)
@@ -438,9 +637,46 @@ static void commit_done(void *arg)
 		pending_free(p);
 		p = next;
 	}
-	if (b->n_ok)
-		schedule_scan(q, 0);
 	free(b);
+	q->in_commit = false;
+	if (q->pending)
+		schedule_commit(q); /* that batch carries the settlement */
+	else
+		settle_wait(q, NULL, 0, NULL, 0, SETTLE_MS);
+}
+
+static void stage_done(void *arg)
+{
+	struct batch *b = arg;
+	if (--b->stages == 0)
+		commit_done(b);
+}
+
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct queue *q = arg;
+	(void)fd;
+	(void)what;
+	if (q->pending == NULL || q->in_commit)
+		return; /* commit_done starts the next batch */
+	struct batch *b = xcalloc(1, sizeof(*b));
+	b->q = q;
+	b->list = q->pending;
+	q->pending = NULL;
+	q->pending_tail = &q->pending;
+	q->in_commit = true;
+	settle_take(q, &b->confirm, &b->n_confirm, &b->drop, &b->n_drop);
+	b->stages = 2;
+	if (q->fw && q->w) {
+		worker_submit(q->fw, files_work, stage_done, b);
+		worker_submit(q->w, db_work, stage_done, b);
+	} else {
+		/* no workers (shutdown): one after the other, here */
+		files_work(b);
+		db_work(b);
+		b->stages = 1;
+		stage_done(b);
+	}
 }
 
 /* run - blocking work on the database worker, or here when there is none;
@@ -453,36 +689,6 @@ static void run(struct queue *q, worker_fn work, worker_fn done, void *arg)
 		work(arg);
 		if (done)
 			done(arg);
-	}
-}
-
-/* files_done - stage 1 is free for the next batch; this one goes to stage 2 */
-static void files_done(void *arg)
-{
-	struct batch *b = arg;
-	struct queue *q = b->q;
-	q->in_files = false;
-	run(q, db_work, commit_done, b);
-	if (q->pending)
-		schedule_commit(q);
-}
-
-static void commit_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct queue *q = arg;
-	if (q->pending == NULL || q->in_files)
-		return; /* files_done starts the next batch */
-	struct batch *b = xcalloc(1, sizeof(*b));
-	b->q = q;
-	b->list = q->pending;
-	q->pending = NULL;
-	q->pending_tail = &q->pending;
-	q->in_files = true;
-	if (q->fw)
-		worker_submit(q->fw, files_work, files_done, b);
-	else {
-		files_work(b);
-		files_done(b);
 	}
 }
 
@@ -851,7 +1057,7 @@ static void send_dsn(struct queue *q, const char *msg_id, const char *sender, ti
 	p.addr = &addr;
 	p.domain = &dom;
 	p.user = &usr;
-	if (insert_message(q, &p, time(NULL)) < 0)
+	if (insert_message(q, &p, time(NULL), false) < 0)
 		log_err("event=queue_db_error id=%s error=\"%s\"", id, sqlite3_errmsg(q->db));
 	else
 		log_info("event=dsn id=%s orig=%s to=<%s> action=%s rcpts=%zu", id, msg_id, sender,
@@ -1192,10 +1398,64 @@ void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
 	schedule_scan(q, 0);
 }
 
+/*
+ * recover_arriving - messages a crash caught between their commit and its
+ * settlement (RCPT_ARRIVING). If the body is whole, both stages were done,
+ * and the 250 may have been sent: the recipients are queued. If it is not,
+ * stage 1 never finished, so the client never got a 250 (it sends again):
+ * the rows go. Returns how many were dropped; *kept counts the others.
+ */
+static size_t recover_arriving(struct queue *q, size_t *kept)
+{
+	char **ids = NULL;
+	sqlite3_int64 *sizes = NULL;
+	size_t n = 0, dropped = 0;
+	sqlite3_stmt *st = prep(q, "SELECT DISTINCT m.id, m.size FROM message m JOIN rcpt r ON "
+	                           "r.msg_id = m.id WHERE r.state = " RCPT_ARRIVING_SQL);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(st, 0);
+		sizes = xrealloc(sizes, (n + 1) * sizeof(*sizes));
+		strv_push(&ids, &n, xstrdup(id ? id : ""));
+		sizes[n - 1] = sqlite3_column_int64(st, 1);
+	}
+	unprep(q, st);
+	*kept = 0;
+	for (size_t i = 0; i < n; i++) {
+		char *path = body_path(q, ids[i]);
+		char buf[256];
+		const char *why = queue_body_check(path, sizes[i], buf, sizeof(buf));
+		sqlite3_stmt *u = prep(q, why ? "DELETE FROM message WHERE id = ?"
+		                              : "UPDATE rcpt SET state = 0 WHERE msg_id = ? AND "
+		                                "state = " RCPT_ARRIVING_SQL);
+		sqlite3_bind_text(u, 1, ids[i], -1, SQLITE_STATIC);
+		bool ok = sqlite3_step(u) == SQLITE_DONE;
+		unprep(q, u);
+		if (!ok)
+			log_err("event=queue_db_error id=%s error=\"%s\"", ids[i],
+			        sqlite3_errmsg(q->db));
+		else if (why) {
+			/* never acknowledged: not a loss, not damage */
+			log_info("event=queue_unacknowledged id=%s action=dropped reason=\"%s\"",
+			         ids[i], why);
+			dropped++; /* a file left without a row goes with the orphans below */
+		} else {
+			log_info("event=queue_unacknowledged id=%s action=kept", ids[i]);
+			(*kept)++;
+		}
+		free(path);
+		free(ids[i]);
+	}
+	free(ids);
+	free(sizes);
+	return dropped;
+}
+
 /* recover - reconcile rows and files after a restart or a crash */
 static void recover(struct queue *q)
 {
-	/* damaged entries first: what is left below has sound rows */
+	/* commits a crash left unsettled first: they then are queued or gone */
+	size_t kept = 0, dropped = recover_arriving(q, &kept);
+	/* damaged entries next: what is left below has sound rows */
 	size_t quarantined = queue_quarantine_scan(q->db, q->cfg->data_dir, q->dir);
 	sqlite3_stmt *st = prep(q, "SELECT id FROM message");
 	size_t missing = 0, total = 0;
@@ -1274,8 +1534,9 @@ static void recover(struct queue *q)
 		closedir(dir);
 	free(spool);
 	log_info("event=queue_recovered messages=%zu missing_bodies=%zu orphan_files=%zu "
-	         "partial_spool=%zu quarantined=%zu",
-	         total, missing, orphans, partial, quarantined);
+	         "partial_spool=%zu quarantined=%zu unacknowledged_kept=%zu "
+	         "unacknowledged_dropped=%zu",
+	         total, missing, orphans, partial, quarantined, kept, dropped);
 }
 
 struct queue *queue_open(struct event_base *base, const struct config *c, char *err, size_t errlen)
@@ -1312,6 +1573,7 @@ struct queue *queue_open(struct event_base *base, const struct config *c, char *
 	q->sched_ev = evtimer_new(base, scan_cb, q);
 	q->results_ev = evtimer_new(base, results_cb, q);
 	q->sync_ev = evtimer_new(base, sync_cb, q);
+	q->settle_ev = evtimer_new(base, settle_cb, q);
 	recover(q);
 	/* from here on the database belongs to the worker thread */
 	q->w = worker_new(base, "queue", err, errlen);
@@ -1336,6 +1598,8 @@ void queue_close(struct queue **qp)
 	worker_free(&q->w);
 	if (q->commit_ev && q->pending)
 		commit_cb(-1, 0, q);
+	if (q->settle_ev)
+		settle_cb(-1, 0, q); /* so that a clean stop leaves nothing ARRIVING */
 	if (q->results_ev)
 		results_cb(-1, 0, q);
 	if (q->db)
@@ -1354,6 +1618,10 @@ void queue_close(struct queue **qp)
 		event_free(q->results_ev);
 	if (q->sync_ev)
 		event_free(q->sync_ev);
+	if (q->settle_ev)
+		event_free(q->settle_ev);
+	strv_free(q->settle_confirm, q->n_settle_confirm);
+	strv_free(q->settle_drop, q->n_settle_drop);
 	for (size_t i = 0; i < STMT_CACHE; i++)
 		if (q->stmts[i].st)
 			sqlite3_finalize(q->stmts[i].st);

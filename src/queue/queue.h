@@ -6,8 +6,10 @@
  * times live in SQLite (data_dir/queue.db, WAL, synchronous=FULL, writes in
  * BEGIN IMMEDIATE transactions). Messages accepted close together share one
  * commit (group commit): submissions wait for the next turn of the event
- * loop, then one transaction and one directory fsync serve them all, and
- * only then does each session hear "committed" and answer 250.
+ * loop, then the bodies and the directory are fsync'd while one transaction
+ * inserts all their rows (recipients "arriving" until the next commit settles
+ * them), and only when both are durable does each session hear "committed"
+ * and answer 250.
  *
  * Delivery is a consumer: the queue calls the deliverer for due recipients
  * and takes back one result per recipient; it owns retries with backoff,

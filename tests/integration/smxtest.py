@@ -147,7 +147,8 @@ class Daemon:
         """A started daemon whose config is the default plus the INI text extra
         (more sections), optionally on another data_dir (a small file system)."""
         d = cls(start=False, limits=limits)
-        text = open(d.conf).read()
+        with open(d.conf) as f:
+            text = f.read()
         if data_dir:
             text = text.replace("data_dir = %s" % d.data_dir, "data_dir = %s" % data_dir)
             d.data_dir = data_dir

@@ -5,8 +5,11 @@ import email
 import email.policy
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -205,6 +208,64 @@ class ResultsDurability(unittest.TestCase):
         self.assertEqual(len(files), 2)
         self.assertTrue(smxtest.poll(lambda: self.queue_files(d) == [], 5))
         self.assertEqual(len(d.mail_files("example.org", "u")), 2)
+
+
+
+class ArrivingRecovery(unittest.TestCase):
+    """The group commit's two stages run at once (docs/queue.md): a crash between a
+    commit and its settlement leaves recipients ARRIVING (state 3). At start, a message
+    whose body is whole is kept and delivered (its 250 may have been sent); one whose
+    body is missing or cut short is dropped: stage 1 never finished, so no 250 was
+    sent. Neither is damage: no queue_corrupt, no quarantine, no DSN."""
+
+    BODY = b"Subject: %s\r\nFrom: <a@client.example>\r\n\r\nbody of %s\r\n"
+
+    def test_arriving_rows_settled_at_start(self):
+        base = tempfile.mkdtemp(prefix="smx-arriving-")
+        os.chmod(base, 0o755)
+        self.addCleanup(shutil.rmtree, base, True)
+        data = os.path.join(base, "var")
+        d = daemon(data_dir=data)
+        d.stop()  # the schema and the directories exist, owned by the daemon's user
+        db = sqlite3.connect(os.path.join(data, "queue.db"))
+        qdir = os.path.join(data, "queue")
+        owner = os.stat(qdir)
+        cases = {"25XW7KEPT0000000000A": "whole", "25XW7MISSING00000000B": "missing",
+                 "25XW7SHORT0000000000C": "short"}
+        for qid, kind in cases.items():
+            body = self.BODY % (kind.encode(), qid.encode())
+            db.execute("INSERT INTO message (id, sender, created, size, client_ip, tls) "
+                       "VALUES (?, 'a@client.example', strftime('%s','now'), ?, "
+                       "'127.0.0.1', 1)", (qid, len(body)))
+            db.execute("INSERT INTO rcpt (msg_id, rcpt, domain, local_user, next_try, state) "
+                       "VALUES (?, 'bob@example.org', 'example.org', 'bob', 0, 3)", (qid,))
+            if kind != "missing":
+                path = os.path.join(qdir, qid)
+                with open(path, "wb") as f:
+                    f.write(body if kind == "whole" else body[:20])
+                os.chown(path, owner.st_uid, owner.st_gid)
+        db.commit()
+        db.close()
+        d2 = daemon(data_dir=data)
+        self.addCleanup(d2.stop)
+        files = d2.wait_mail("example.org", "bob", 1, timeout=20)
+        self.assertTrue(smxtest.poll(lambda: json.loads(
+            cli(d2, "queue", "list", "--json").stdout or "[]") == [], 20),
+            cli(d2, "queue", "list").stdout)
+        log = d2.log_text()
+        self.assertRegex(log, r"event=queue_unacknowledged id=25XW7KEPT0000000000A action=kept")
+        self.assertRegex(log, r'event=queue_unacknowledged id=25XW7MISSING00000000B '
+                              r'action=dropped reason="body file missing"')
+        self.assertRegex(log, r'event=queue_unacknowledged id=25XW7SHORT0000000000C '
+                              r'action=dropped reason="size \d+, envelope says \d+"')
+        self.assertRegex(log, r"unacknowledged_kept=1 unacknowledged_dropped=2")
+        for bad in ("event=queue_corrupt", "event=queue_quarantine", "event=dsn"):
+            self.assertNotIn(bad, log)
+        self.assertEqual(len(d2.mail_files("example.org", "bob")), 1)
+        with open(files[0], "rb") as f:
+            self.assertIn(b"body of 25XW7KEPT0000000000A", f.read())
+        self.assertFalse(os.path.exists(os.path.join(data, "quarantine")) and
+                         os.listdir(os.path.join(data, "quarantine")))
 
 
 if __name__ == "__main__":

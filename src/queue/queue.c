@@ -562,18 +562,27 @@ static void settle_work(void *arg)
 	st->ok = ok;
 }
 
+/*
+ * settled - a transaction that carried confirm[] and drop[] (taken) is over:
+ * committed, the confirmed recipients can be delivered; else they wait again
+ */
+static void settled(struct queue *q, bool committed, char **confirm, size_t n_confirm, char **drop,
+                    size_t n_drop, int retry_ms)
+{
+	if (committed) {
+		if (n_confirm)
+			schedule_scan(q, 0);
+		strv_free(confirm, n_confirm);
+		strv_free(drop, n_drop);
+	} else {
+		settle_wait(q, confirm, n_confirm, drop, n_drop, retry_ms);
+	}
+}
+
 static void settle_done(void *arg)
 {
 	struct settle *st = arg;
-	struct queue *q = st->q;
-	if (st->ok) {
-		if (st->n_confirm)
-			schedule_scan(q, 0);
-		strv_free(st->confirm, st->n_confirm);
-		strv_free(st->drop, st->n_drop);
-	} else {
-		settle_wait(q, st->confirm, st->n_confirm, st->drop, st->n_drop, SETTLE_RETRY_MS);
-	}
+	settled(st->q, st->ok, st->confirm, st->n_confirm, st->drop, st->n_drop, SETTLE_RETRY_MS);
 	free(st);
 }
 
@@ -604,15 +613,8 @@ static void commit_done(struct batch *b)
 	size_t n = 0;
 	for (struct pending *p = b->list; p; p = p->next)
 		n++;
-	if (b->db_ok) {
-		if (b->n_confirm)
-			schedule_scan(q, 0);
-		strv_free(b->confirm, b->n_confirm);
-		strv_free(b->drop, b->n_drop);
-	} else {
-		/* what this batch carried is still to do */
-		settle_wait(q, b->confirm, b->n_confirm, b->drop, b->n_drop, SETTLE_MS);
-	}
+	/* what this batch carried is done, or still to do */
+	settled(q, b->db_ok, b->confirm, b->n_confirm, b->drop, b->n_drop, SETTLE_MS);
 	for (struct pending *p = b->list; p; p = p->next) {
 		p->ok = p->file_ok && b->db_ok;
 		if (p->ok) {

@@ -1402,8 +1402,8 @@ void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
 
 /*
  * recover_arriving - messages a crash caught between their commit and its
- * settlement (RCPT_ARRIVING). If the body is whole, both stages were done,
- * and the 250 may have been sent: the recipients are queued. If it is not,
+ * settlement (RCPT_ARRIVING). If the body is whole, both stages may have
+ * been done and the 250 sent: the recipients are queued. If it is not,
  * stage 1 never finished, so the client never got a 250 (it sends again):
  * the rows go. Returns how many were dropped; *kept counts the others.
  */

@@ -38,6 +38,14 @@ enum rcpt_state { RS_QUEUED = 0, RS_DELIVERED = 1, RS_FAILED = 2 };
 
 #define STMT_CACHE 32
 
+/*
+ * settlement - what a committed batch leaves to do: its messages' recipients
+ * to make queued (confirm), the rows of those whose body failed (drop)
+ */
+struct settlement {
+	struct strlist confirm, drop;
+};
+
 struct stmt_cache {
 	const char *sql;
 	sqlite3_stmt *st;
@@ -85,8 +93,7 @@ struct queue {
 	struct event *sync_ev;    /* makes results durable when no commit does */
 	struct event *settle_ev;  /* settles on its own when no batch comes */
 	/* loop: committed batches' settlement, for the next batch to carry */
-	char **settle_confirm, **settle_drop;
-	size_t n_settle_confirm, n_settle_drop;
+	struct settlement settle;
 	char *wal_path; /* queue.db-wal */
 	/* worker thread: messages whose rows' deletion is committed but not yet
 	 * fsync'd; their bodies go once it is (flush_unsynced) */
@@ -122,16 +129,7 @@ static const char SCHEMA[] =
  * the disk (the two stages run at once); made 0 once both stages are done,
  * or by recovery when the body turns out whole (see recover_arriving).
  */
-#define RCPT_ARRIVING     3
 #define RCPT_ARRIVING_SQL "3"
-
-/* strv_push - append v (taken) to a growing array of strings */
-static void strv_push(char ***v, size_t *n, char *s)
-{
-	if ((*n & (*n - 1)) == 0) /* 0, 1, 2, 4 ...: full */
-		*v = xrealloc(*v, (*n ? 2 * *n : 1) * sizeof(**v));
-	(*v)[(*n)++] = s;
-}
 
 static void schedule_commit(struct queue *q);
 static void schedule_scan(struct queue *q, time_t when);
@@ -308,11 +306,9 @@ static int insert_message(struct queue *q, const struct pending *p, time_t now, 
 struct batch {
 	struct queue *q;
 	struct pending *list;
-	bool db_ok; /* stage 2 committed */
-	int stages; /* stages still running */
-	/* earlier batches' settlement, carried by this one's transaction */
-	char **confirm, **drop;
-	size_t n_confirm, n_drop;
+	bool db_ok;               /* stage 2 committed */
+	int stages;               /* stages still running */
+	struct settlement settle; /* earlier batches', carried by this one's transaction */
 };
 
 static void files_work(void *arg)
@@ -431,26 +427,25 @@ static void sync_cb(evutil_socket_t fd, short what, void *arg)
 	run(q, sync_work, NULL, q);
 }
 
-/* settle_rows - inside an open transaction: confirm[] queued, drop[] gone */
-static bool settle_rows(struct queue *q, char *const *confirm, size_t n_confirm, char *const *drop,
-                        size_t n_drop)
+/* settle_rows - inside an open transaction: confirm queued, drop gone */
+static bool settle_rows(struct queue *q, const struct settlement *set)
 {
 	bool ok = true;
-	if (n_confirm) {
+	if (set->confirm.n) {
 		sqlite3_stmt *c = prep(
 		    q, "UPDATE rcpt SET state = 0 WHERE msg_id = ? AND state = " RCPT_ARRIVING_SQL);
-		for (size_t i = 0; ok && i < n_confirm; i++) {
+		for (size_t i = 0; ok && i < set->confirm.n; i++) {
 			sqlite3_reset(c);
-			sqlite3_bind_text(c, 1, confirm[i], -1, SQLITE_STATIC);
+			sqlite3_bind_text(c, 1, set->confirm.v[i], -1, SQLITE_STATIC);
 			ok = sqlite3_step(c) == SQLITE_DONE;
 		}
 		unprep(q, c);
 	}
-	if (ok && n_drop) {
+	if (ok && set->drop.n) {
 		sqlite3_stmt *d = prep(q, "DELETE FROM message WHERE id = ?");
-		for (size_t i = 0; ok && i < n_drop; i++) {
+		for (size_t i = 0; ok && i < set->drop.n; i++) {
 			sqlite3_reset(d);
-			sqlite3_bind_text(d, 1, drop[i], -1, SQLITE_STATIC);
+			sqlite3_bind_text(d, 1, set->drop.v[i], -1, SQLITE_STATIC);
 			ok = sqlite3_step(d) == SQLITE_DONE;
 		}
 		unprep(q, d);
@@ -470,7 +465,7 @@ static void db_work(void *arg)
 	struct queue *q = b->q;
 	time_t now = time(NULL);
 	bool ok = db_exec(q, "BEGIN IMMEDIATE") == 0;
-	if (ok && !settle_rows(q, b->confirm, b->n_confirm, b->drop, b->n_drop)) {
+	if (ok && !settle_rows(q, &b->settle)) {
 		log_err("event=queue_db_error error=\"settling: %s\"", sqlite3_errmsg(q->db));
 		ok = false;
 	}
@@ -496,50 +491,53 @@ static void db_work(void *arg)
 
 struct settle {
 	struct queue *q;
-	char **confirm, **drop;
-	size_t n_confirm, n_drop;
+	struct settlement set;
 	bool ok;
 };
 
-static void strv_free(char **v, size_t n)
+/* settle_take - the loop's waiting settlement, moved out (nothing waits after it) */
+static struct settlement settle_take(struct queue *q)
 {
-	for (size_t i = 0; i < n; i++)
-		free(v[i]);
-	free(v);
-}
-
-/* settle_take - move the loop's waiting settlement into *confirm / *drop */
-static void settle_take(struct queue *q, char ***confirm, size_t *n_confirm, char ***drop,
-                        size_t *n_drop)
-{
-	*confirm = q->settle_confirm;
-	*n_confirm = q->n_settle_confirm;
-	*drop = q->settle_drop;
-	*n_drop = q->n_settle_drop;
-	q->settle_confirm = q->settle_drop = NULL;
-	q->n_settle_confirm = q->n_settle_drop = 0;
+	struct settlement set = q->settle;
+	memset(&q->settle, 0, sizeof(q->settle));
 	if (q->settle_ev)
 		event_del(q->settle_ev);
+	return set;
+}
+
+/* settle_arm - settle_cb in ms, if a settlement waits and no timer is set */
+static void settle_arm(struct queue *q, int ms)
+{
+	if ((q->settle.confirm.n || q->settle.drop.n) &&
+	    !event_pending(q->settle_ev, EV_TIMEOUT, NULL)) {
+		struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
+		event_add(q->settle_ev, &tv);
+	}
+}
+
+static void settlement_free(struct settlement *set)
+{
+	strlist_free(&set->confirm);
+	strlist_free(&set->drop);
 }
 
 /*
- * settle_wait - confirm[] and drop[] (taken) wait again for a batch to carry
- * them, or delay_ms for settle_cb
+ * settled - a transaction that carried set is over: committed, the confirmed
+ * recipients can be delivered; if not, set waits again for a batch to carry
+ * it, or retry_ms for settle_cb. set is emptied either way.
  */
-static void settle_wait(struct queue *q, char **confirm, size_t n_confirm, char **drop,
-                        size_t n_drop, int delay_ms)
+static void settled(struct queue *q, bool committed, struct settlement *set, int retry_ms)
 {
-	for (size_t i = 0; i < n_confirm; i++)
-		strv_push(&q->settle_confirm, &q->n_settle_confirm, confirm[i]);
-	for (size_t i = 0; i < n_drop; i++)
-		strv_push(&q->settle_drop, &q->n_settle_drop, drop[i]);
-	free(confirm);
-	free(drop);
-	if ((q->n_settle_confirm || q->n_settle_drop) &&
-	    !event_pending(q->settle_ev, EV_TIMEOUT, NULL)) {
-		struct timeval tv = {delay_ms / 1000, (suseconds_t)(delay_ms % 1000) * 1000};
-		event_add(q->settle_ev, &tv);
+	if (committed && set->confirm.n)
+		schedule_scan(q, 0);
+	if (!committed) {
+		for (size_t i = 0; i < set->confirm.n; i++)
+			strlist_add(&q->settle.confirm, set->confirm.v[i]);
+		for (size_t i = 0; i < set->drop.n; i++)
+			strlist_add(&q->settle.drop, set->drop.v[i]);
 	}
+	settlement_free(set);
+	settle_arm(q, retry_ms);
 }
 
 static void settle_work(void *arg)
@@ -550,7 +548,7 @@ static void settle_work(void *arg)
 	bool ok =
 	    db_exec(q, "PRAGMA synchronous=NORMAL") == 0 && db_exec(q, "BEGIN IMMEDIATE") == 0;
 	if (ok)
-		ok = settle_rows(q, st->confirm, st->n_confirm, st->drop, st->n_drop);
+		ok = settle_rows(q, &st->set);
 	if (ok && db_exec(q, "COMMIT") < 0)
 		ok = false;
 	if (!ok) {
@@ -562,27 +560,10 @@ static void settle_work(void *arg)
 	st->ok = ok;
 }
 
-/*
- * settled - a transaction that carried confirm[] and drop[] (taken) is over:
- * committed, the confirmed recipients can be delivered; else they wait again
- */
-static void settled(struct queue *q, bool committed, char **confirm, size_t n_confirm, char **drop,
-                    size_t n_drop, int retry_ms)
-{
-	if (committed) {
-		if (n_confirm)
-			schedule_scan(q, 0);
-		strv_free(confirm, n_confirm);
-		strv_free(drop, n_drop);
-	} else {
-		settle_wait(q, confirm, n_confirm, drop, n_drop, retry_ms);
-	}
-}
-
 static void settle_done(void *arg)
 {
 	struct settle *st = arg;
-	settled(st->q, st->ok, st->confirm, st->n_confirm, st->drop, st->n_drop, SETTLE_RETRY_MS);
+	settled(st->q, st->ok, &st->set, SETTLE_RETRY_MS);
 	free(st);
 }
 
@@ -593,13 +574,11 @@ static void settle_cb(evutil_socket_t fd, short what, void *arg)
 	struct queue *q = arg;
 	if (q->in_commit)
 		return; /* the batch in flight ends in commit_done, which hands it on */
+	if (q->settle.confirm.n + q->settle.drop.n == 0)
+		return;
 	struct settle *st = xcalloc(1, sizeof(*st));
 	st->q = q;
-	settle_take(q, &st->confirm, &st->n_confirm, &st->drop, &st->n_drop);
-	if (st->n_confirm + st->n_drop == 0) {
-		free(st);
-		return;
-	}
+	st->set = settle_take(q);
 	run(q, settle_work, settle_done, st);
 }
 
@@ -614,17 +593,17 @@ static void commit_done(struct batch *b)
 	for (struct pending *p = b->list; p; p = p->next)
 		n++;
 	/* what this batch carried is done, or still to do */
-	settled(q, b->db_ok, b->confirm, b->n_confirm, b->drop, b->n_drop, SETTLE_MS);
+	settled(q, b->db_ok, &b->settle, SETTLE_MS);
 	for (struct pending *p = b->list; p; p = p->next) {
 		p->ok = p->file_ok && b->db_ok;
 		if (p->ok) {
-			strv_push(&q->settle_confirm, &q->n_settle_confirm, xstrdup(p->id));
+			strlist_add(&q->settle.confirm, p->id);
 			log_info("event=queued id=%s from=<%s> rcpts=%zu size=%" PRIu64
 			         " batch=%zu",
 			         p->id, p->sender, p->n, p->size, n);
 		} else {
 			if (b->db_ok) /* its rows are in, its body is not */
-				strv_push(&q->settle_drop, &q->n_settle_drop, xstrdup(p->id));
+				strlist_add(&q->settle.drop, p->id);
 			if (p->file_ok) {
 				snprintf(p->err, sizeof(p->err), "queue database write failed");
 				unlink(p->body_path);
@@ -644,7 +623,7 @@ static void commit_done(struct batch *b)
 	if (q->pending)
 		schedule_commit(q); /* that batch carries the settlement */
 	else
-		settle_wait(q, NULL, 0, NULL, 0, SETTLE_MS);
+		settle_arm(q, SETTLE_MS);
 }
 
 static void stage_done(void *arg)
@@ -667,7 +646,7 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 	q->pending = NULL;
 	q->pending_tail = &q->pending;
 	q->in_commit = true;
-	settle_take(q, &b->confirm, &b->n_confirm, &b->drop, &b->n_drop);
+	b->settle = settle_take(q);
 	b->stages = 2;
 	if (q->fw && q->w) {
 		worker_submit(q->fw, files_work, stage_done, b);
@@ -1409,45 +1388,44 @@ void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *arg)
  */
 static size_t recover_arriving(struct queue *q, size_t *kept)
 {
-	char **ids = NULL;
+	struct strlist ids = {0};
 	sqlite3_int64 *sizes = NULL;
-	size_t n = 0, dropped = 0;
+	size_t dropped = 0;
 	sqlite3_stmt *st = prep(q, "SELECT DISTINCT m.id, m.size FROM message m JOIN rcpt r ON "
 	                           "r.msg_id = m.id WHERE r.state = " RCPT_ARRIVING_SQL);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		const char *id = (const char *)sqlite3_column_text(st, 0);
-		sizes = xrealloc(sizes, (n + 1) * sizeof(*sizes));
-		strv_push(&ids, &n, xstrdup(id ? id : ""));
-		sizes[n - 1] = sqlite3_column_int64(st, 1);
+		sizes = xrealloc(sizes, (ids.n + 1) * sizeof(*sizes));
+		sizes[ids.n] = sqlite3_column_int64(st, 1);
+		strlist_add(&ids, id ? id : "");
 	}
 	unprep(q, st);
 	*kept = 0;
-	for (size_t i = 0; i < n; i++) {
-		char *path = body_path(q, ids[i]);
+	for (size_t i = 0; i < ids.n; i++) {
+		char *path = body_path(q, ids.v[i]);
 		char buf[256];
 		const char *why = queue_body_check(path, sizes[i], buf, sizeof(buf));
 		sqlite3_stmt *u = prep(q, why ? "DELETE FROM message WHERE id = ?"
 		                              : "UPDATE rcpt SET state = 0 WHERE msg_id = ? AND "
 		                                "state = " RCPT_ARRIVING_SQL);
-		sqlite3_bind_text(u, 1, ids[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(u, 1, ids.v[i], -1, SQLITE_STATIC);
 		bool ok = sqlite3_step(u) == SQLITE_DONE;
 		unprep(q, u);
 		if (!ok)
-			log_err("event=queue_db_error id=%s error=\"%s\"", ids[i],
+			log_err("event=queue_db_error id=%s error=\"%s\"", ids.v[i],
 			        sqlite3_errmsg(q->db));
 		else if (why) {
 			/* never acknowledged: not a loss, not damage */
 			log_info("event=queue_unacknowledged id=%s action=dropped reason=\"%s\"",
-			         ids[i], why);
+			         ids.v[i], why);
 			dropped++; /* a file left without a row goes with the orphans below */
 		} else {
-			log_info("event=queue_unacknowledged id=%s action=kept", ids[i]);
+			log_info("event=queue_unacknowledged id=%s action=kept", ids.v[i]);
 			(*kept)++;
 		}
 		free(path);
-		free(ids[i]);
 	}
-	free(ids);
+	strlist_free(&ids);
 	free(sizes);
 	return dropped;
 }
@@ -1622,8 +1600,7 @@ void queue_close(struct queue **qp)
 		event_free(q->sync_ev);
 	if (q->settle_ev)
 		event_free(q->settle_ev);
-	strv_free(q->settle_confirm, q->n_settle_confirm);
-	strv_free(q->settle_drop, q->n_settle_drop);
+	settlement_free(&q->settle);
 	for (size_t i = 0; i < STMT_CACHE; i++)
 		if (q->stmts[i].st)
 			sqlite3_finalize(q->stmts[i].st);
